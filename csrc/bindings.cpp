@@ -1,0 +1,245 @@
+// The only file that knows about Python. Arrays cross as C-contiguous numpy
+// buffers of exactly the kernel's dtype (noconvert: a wrong dtype or layout is a
+// TypeError, never a silent copy the kernel would write into). Every entry point
+// re-validates its params and checks each buffer's size against them before
+// releasing the GIL, so even a direct caller of convx._C cannot make a kernel
+// read or write out of bounds.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+
+#include "convx/conv2d.h"
+#include "convx/cpu_info.h"
+#include "convx/im2col.h"
+#include "convx/max_pool2d.h"
+#include "convx/params.h"
+
+#ifndef CONVX_VERSION
+#define CONVX_VERSION "0.0.0"
+#endif
+#ifndef CONVX_BUILD_TYPE
+#define CONVX_BUILD_TYPE "unknown"
+#endif
+
+namespace py = pybind11;
+using namespace convx;
+
+namespace {
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style>;
+
+template <typename T>
+void require_size(const Array<T>& a, int64_t expected, const char* name) {
+  if (static_cast<int64_t>(a.size()) != expected)
+    throw std::invalid_argument(std::string(name) + " has " + std::to_string(a.size()) +
+                                " elements, expected " + std::to_string(expected));
+}
+
+template <typename T>
+std::string conv2d_forward(const Conv2dParams& p, const Array<T>& input, const Array<T>& weight,
+                           const std::optional<Array<T>>& bias, Array<T>& output, const std::string& algo) {
+  p.validate();
+  Conv2dAlgo a = conv2d_algo_from_name(algo);
+  require_size(input, p.input_numel(), "input");
+  require_size(weight, p.weight_numel(), "weight");
+  if (bias) require_size(*bias, p.K, "bias");
+  require_size(output, p.output_numel(), "output");
+  const T* b = bias ? bias->data() : nullptr;
+  T* out = output.mutable_data();
+  py::gil_scoped_release release;
+  return conv2d_algo_name(conv2d_forward_cpu<T>(p, input.data(), weight.data(), b, out, a));
+}
+
+template <typename T>
+std::string conv2d_backward_data(const Conv2dParams& p, const Array<T>& grad_output, const Array<T>& weight,
+                                 Array<T>& grad_input, const std::string& algo) {
+  p.validate();
+  Conv2dAlgo a = conv2d_algo_from_name(algo);
+  require_size(grad_output, p.output_numel(), "grad_output");
+  require_size(weight, p.weight_numel(), "weight");
+  require_size(grad_input, p.input_numel(), "grad_input");
+  T* gin = grad_input.mutable_data();
+  py::gil_scoped_release release;
+  return conv2d_algo_name(conv2d_backward_data_cpu<T>(p, grad_output.data(), weight.data(), gin, a));
+}
+
+template <typename T>
+std::string conv2d_backward_weight(const Conv2dParams& p, const Array<T>& grad_output, const Array<T>& input,
+                                   Array<T>& grad_weight, const std::string& algo) {
+  p.validate();
+  Conv2dAlgo a = conv2d_algo_from_name(algo);
+  require_size(grad_output, p.output_numel(), "grad_output");
+  require_size(input, p.input_numel(), "input");
+  require_size(grad_weight, p.weight_numel(), "grad_weight");
+  T* gw = grad_weight.mutable_data();
+  py::gil_scoped_release release;
+  return conv2d_algo_name(conv2d_backward_weight_cpu<T>(p, grad_output.data(), input.data(), gw, a));
+}
+
+template <typename T>
+void conv2d_backward_bias(const Conv2dParams& p, const Array<T>& grad_output, Array<T>& grad_bias) {
+  p.validate();
+  require_size(grad_output, p.output_numel(), "grad_output");
+  require_size(grad_bias, p.K, "grad_bias");
+  T* gb = grad_bias.mutable_data();
+  py::gil_scoped_release release;
+  conv2d_backward_bias_cpu<T>(p, grad_output.data(), gb);
+}
+
+template <typename T>
+void max_pool2d_forward(const Pool2dParams& p, const Array<T>& input, Array<T>& output,
+                        Array<int64_t>& indices) {
+  p.validate();
+  require_size(input, p.input_numel(), "input");
+  require_size(output, p.output_numel(), "output");
+  require_size(indices, p.output_numel(), "indices");
+  T* out = output.mutable_data();
+  int64_t* idx = indices.mutable_data();
+  py::gil_scoped_release release;
+  max_pool2d_forward_cpu<T>(p, input.data(), out, idx);
+}
+
+template <typename T>
+void max_pool2d_backward(const Pool2dParams& p, const Array<T>& grad_output, const Array<int64_t>& indices,
+                         Array<T>& grad_input) {
+  p.validate();
+  require_size(grad_output, p.output_numel(), "grad_output");
+  require_size(indices, p.output_numel(), "indices");
+  require_size(grad_input, p.input_numel(), "grad_input");
+  T* gin = grad_input.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = max_pool2d_backward_cpu<T>(p, grad_output.data(), indices.data(), gin);
+  }
+  if (!ok)
+    throw std::invalid_argument("indices must lie in [0, H*W) = [0, " + std::to_string(p.H * p.W) +
+                                ") of their plane");
+}
+
+// Batched im2col: input N x (C*H*W), output N x (C*kh*kw) x L.
+template <typename T>
+void im2col(const Im2colParams& p, int64_t N, const Array<T>& input, Array<T>& output) {
+  p.validate();
+  if (N < 0) throw std::invalid_argument("batch size must be non-negative, got " + std::to_string(N));
+  const int64_t image = checked_product({p.C, p.H, p.W}, "image size");
+  const int64_t cols = checked_mul(p.col_rows(), p.col_cols(), "column matrix size");
+  require_size(input, checked_mul(N, image, "input size"), "input");
+  require_size(output, checked_mul(N, cols, "output size"), "output");
+  T* out = output.mutable_data();
+  py::gil_scoped_release release;
+  for (int64_t n = 0; n < N; ++n) im2col_cpu<T>(p, input.data() + n * image, out + n * cols);
+}
+
+// Batched col2im: input N x (C*kh*kw) x L, output N x (C*H*W).
+template <typename T>
+void col2im(const Im2colParams& p, int64_t N, const Array<T>& input, Array<T>& output) {
+  p.validate();
+  if (N < 0) throw std::invalid_argument("batch size must be non-negative, got " + std::to_string(N));
+  const int64_t image = checked_product({p.C, p.H, p.W}, "image size");
+  const int64_t cols = checked_mul(p.col_rows(), p.col_cols(), "column matrix size");
+  require_size(input, checked_mul(N, cols, "input size"), "input");
+  require_size(output, checked_mul(N, image, "output size"), "output");
+  T* out = output.mutable_data();
+  py::gil_scoped_release release;
+  for (int64_t n = 0; n < N; ++n) col2im_cpu<T>(p, input.data() + n * cols, out + n * image);
+}
+
+template <typename T>
+void bind_typed(py::module_& m) {
+  m.def("conv2d_forward", &conv2d_forward<T>, py::arg("params"), py::arg("input").noconvert(),
+        py::arg("weight").noconvert(), py::arg("bias").noconvert(), py::arg("output").noconvert(),
+        py::arg("algo") = "auto");
+  m.def("conv2d_backward_data", &conv2d_backward_data<T>, py::arg("params"), py::arg("grad_output").noconvert(),
+        py::arg("weight").noconvert(), py::arg("grad_input").noconvert(), py::arg("algo") = "auto");
+  m.def("conv2d_backward_weight", &conv2d_backward_weight<T>, py::arg("params"),
+        py::arg("grad_output").noconvert(), py::arg("input").noconvert(), py::arg("grad_weight").noconvert(),
+        py::arg("algo") = "auto");
+  m.def("conv2d_backward_bias", &conv2d_backward_bias<T>, py::arg("params"), py::arg("grad_output").noconvert(),
+        py::arg("grad_bias").noconvert());
+  m.def("max_pool2d_forward", &max_pool2d_forward<T>, py::arg("params"), py::arg("input").noconvert(),
+        py::arg("output").noconvert(), py::arg("indices").noconvert());
+  m.def("max_pool2d_backward", &max_pool2d_backward<T>, py::arg("params"), py::arg("grad_output").noconvert(),
+        py::arg("indices").noconvert(), py::arg("grad_input").noconvert());
+  m.def("im2col", &im2col<T>, py::arg("params"), py::arg("batch"), py::arg("input").noconvert(),
+        py::arg("output").noconvert());
+  m.def("col2im", &col2im<T>, py::arg("params"), py::arg("batch"), py::arg("input").noconvert(),
+        py::arg("output").noconvert());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "convx kernels (C++). Use convx.functional; this module trusts nothing but checks only sizes.";
+
+  py::class_<Conv2dParams>(m, "Conv2dParams")
+      .def(py::init<>())
+      .def_readwrite("N", &Conv2dParams::N).def_readwrite("C", &Conv2dParams::C)
+      .def_readwrite("H", &Conv2dParams::H).def_readwrite("W", &Conv2dParams::W)
+      .def_readwrite("K", &Conv2dParams::K).def_readwrite("R", &Conv2dParams::R)
+      .def_readwrite("S", &Conv2dParams::S)
+      .def_readwrite("stride_h", &Conv2dParams::stride_h).def_readwrite("stride_w", &Conv2dParams::stride_w)
+      .def_readwrite("pad_top", &Conv2dParams::pad_top).def_readwrite("pad_bottom", &Conv2dParams::pad_bottom)
+      .def_readwrite("pad_left", &Conv2dParams::pad_left).def_readwrite("pad_right", &Conv2dParams::pad_right)
+      .def_readwrite("dilation_h", &Conv2dParams::dilation_h)
+      .def_readwrite("dilation_w", &Conv2dParams::dilation_w)
+      .def_readwrite("groups", &Conv2dParams::groups)
+      .def("out_h", &Conv2dParams::out_h)
+      .def("out_w", &Conv2dParams::out_w)
+      .def("validate", &Conv2dParams::validate);
+
+  py::class_<Pool2dParams>(m, "Pool2dParams")
+      .def(py::init<>())
+      .def_readwrite("N", &Pool2dParams::N).def_readwrite("C", &Pool2dParams::C)
+      .def_readwrite("H", &Pool2dParams::H).def_readwrite("W", &Pool2dParams::W)
+      .def_readwrite("kernel_h", &Pool2dParams::kernel_h).def_readwrite("kernel_w", &Pool2dParams::kernel_w)
+      .def_readwrite("stride_h", &Pool2dParams::stride_h).def_readwrite("stride_w", &Pool2dParams::stride_w)
+      .def_readwrite("pad_h", &Pool2dParams::pad_h).def_readwrite("pad_w", &Pool2dParams::pad_w)
+      .def_readwrite("dilation_h", &Pool2dParams::dilation_h)
+      .def_readwrite("dilation_w", &Pool2dParams::dilation_w)
+      .def_readwrite("ceil_mode", &Pool2dParams::ceil_mode)
+      .def("out_h", &Pool2dParams::out_h)
+      .def("out_w", &Pool2dParams::out_w)
+      .def("validate", &Pool2dParams::validate);
+
+  py::class_<Im2colParams>(m, "Im2colParams")
+      .def(py::init<>())
+      .def_readwrite("C", &Im2colParams::C).def_readwrite("H", &Im2colParams::H)
+      .def_readwrite("W", &Im2colParams::W)
+      .def_readwrite("kernel_h", &Im2colParams::kernel_h).def_readwrite("kernel_w", &Im2colParams::kernel_w)
+      .def_readwrite("stride_h", &Im2colParams::stride_h).def_readwrite("stride_w", &Im2colParams::stride_w)
+      .def_readwrite("pad_top", &Im2colParams::pad_top).def_readwrite("pad_bottom", &Im2colParams::pad_bottom)
+      .def_readwrite("pad_left", &Im2colParams::pad_left).def_readwrite("pad_right", &Im2colParams::pad_right)
+      .def_readwrite("dilation_h", &Im2colParams::dilation_h)
+      .def_readwrite("dilation_w", &Im2colParams::dilation_w)
+      .def("out_h", &Im2colParams::out_h)
+      .def("out_w", &Im2colParams::out_w)
+      .def("validate", &Im2colParams::validate);
+
+  bind_typed<float>(m);
+  bind_typed<double>(m);
+
+  m.def("conv2d_choose_algo", [](const Conv2dParams& p, const std::string& direction) {
+    p.validate();
+    Conv2dDirection d;
+    if (direction == "forward") d = Conv2dDirection::Forward;
+    else if (direction == "backward_data") d = Conv2dDirection::BackwardData;
+    else if (direction == "backward_weight") d = Conv2dDirection::BackwardWeight;
+    else throw std::invalid_argument("direction must be 'forward', 'backward_data' or 'backward_weight', got '" +
+                                     direction + "'");
+    return std::string(conv2d_algo_name(conv2d_choose_algo(p, d)));
+  }, py::arg("params"), py::arg("direction"));
+  m.def("simd_level", &simd_level, "Instruction set the SIMD kernels use on this CPU.");
+  m.def("max_threads", &max_threads, "OpenMP threads a kernel started from this thread uses.");
+  m.attr("__version__") = CONVX_VERSION;
+  m.attr("build_type") = CONVX_BUILD_TYPE;
+#ifdef CONVX_WITH_CUDA
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+}

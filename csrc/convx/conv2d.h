@@ -1,0 +1,64 @@
+// conv2d on the CPU: forward, backward to input (data), backward to weight, bias
+// gradient. All buffers are contiguous NCHW (weight KCRS); `p` must be validated.
+#pragma once
+#include <string>
+
+#include "convx/params.h"
+
+namespace convx {
+
+enum class Conv2dAlgo { Auto, Direct, Im2col };
+
+Conv2dAlgo conv2d_algo_from_name(const std::string& name);  // throws on unknown names
+const char* conv2d_algo_name(Conv2dAlgo algo);
+
+enum class Conv2dDirection { Forward, BackwardData, BackwardWeight };
+
+// The dispatcher's default choice for a shape and direction (never Auto).
+Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction);
+
+// Each entry point resolves Auto through conv2d_choose_algo and returns the
+// algorithm that actually ran.
+
+// output = conv(input, weight) + bias (bias may be null).
+template <typename T>
+Conv2dAlgo conv2d_forward_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
+                              T* output, Conv2dAlgo algo);
+
+// grad_input = d(sum(grad_output * output)) / d input. Overwrites grad_input.
+template <typename T>
+Conv2dAlgo conv2d_backward_data_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
+                                    T* grad_input, Conv2dAlgo algo);
+
+// grad_weight = d(...) / d weight. Overwrites grad_weight.
+template <typename T>
+Conv2dAlgo conv2d_backward_weight_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                      T* grad_weight, Conv2dAlgo algo);
+
+// grad_bias[k] = sum over n, oh, ow of grad_output[n, k, oh, ow].
+template <typename T>
+void conv2d_backward_bias_cpu(const Conv2dParams& p, const T* grad_output, T* grad_bias);
+
+// ---- the readable references (also reachable as algo "direct") ----------------
+template <typename T>
+void conv2d_forward_direct_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
+                               T* output);
+template <typename T>
+void conv2d_backward_data_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
+                                     T* grad_input);
+template <typename T>
+void conv2d_backward_weight_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                       T* grad_weight);
+
+// ---- im2col + GEMM ---------------------------------------------------------------
+template <typename T>
+void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
+                               T* output);
+template <typename T>
+void conv2d_backward_data_im2col_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
+                                     T* grad_input);
+template <typename T>
+void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                       T* grad_weight);
+
+}  // namespace convx

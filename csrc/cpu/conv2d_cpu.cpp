@@ -1,0 +1,320 @@
+// conv2d on the CPU: the readable direct reference and the im2col + GEMM path,
+// forward beside both backwards, and the dispatcher that picks between them.
+//
+// Layout: input N x C x H x W, weight K x Cg x R x S (Cg = C / groups),
+// output N x K x OH x OW. Filter k belongs to group g = k / Kg (Kg = K / groups)
+// and sees input channels g*Cg .. g*Cg + Cg - 1.
+#include "convx/conv2d.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "convx/gemm.h"
+#include "convx/im2col.h"
+
+namespace convx {
+namespace {
+
+// The reference kernels sum float32 in double: they are the yardstick, so they
+// should be at least as accurate as anything they are compared with.
+template <typename T>
+struct Accumulator {
+  typedef double type;
+};
+
+// A 1x1 kernel with unit stride and no padding reads the image exactly as the
+// GEMM wants it: the column matrix is the image itself, no copy needed.
+// Waking the thread team costs microseconds on an idle machine and up to a
+// scheduler time slice on a loaded one: only worth it for real work.
+constexpr double kParallelMinFlops = 65536.0;
+double direct_flops(const Conv2dParams& p) {
+  return double(p.N) * double(p.K) * double(p.out_h()) * double(p.out_w()) * double(p.channels_per_group()) *
+         double(p.R) * double(p.S);
+}
+
+bool is_pointwise(const Conv2dParams& p) {
+  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_top == 0 &&
+         p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
+}
+
+}  // namespace
+
+Conv2dAlgo conv2d_algo_from_name(const std::string& name) {
+  if (name == "auto") return Conv2dAlgo::Auto;
+  if (name == "direct") return Conv2dAlgo::Direct;
+  if (name == "im2col") return Conv2dAlgo::Im2col;
+  throw std::invalid_argument("algo must be one of 'auto', 'direct', 'im2col', got '" + name + "'");
+}
+
+const char* conv2d_algo_name(Conv2dAlgo algo) {
+  switch (algo) {
+    case Conv2dAlgo::Auto: return "auto";
+    case Conv2dAlgo::Direct: return "direct";
+    case Conv2dAlgo::Im2col: return "im2col";
+  }
+  return "unknown";
+}
+
+Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection) {
+  // With one or two filters per group (depthwise layers) the GEMM's M dimension
+  // is smaller than its 8-row micro-tile, so lowering to a GEMM only adds the
+  // im2col copy; the direct loops do the same arithmetic without it.
+  if (p.filters_per_group() <= 2) return Conv2dAlgo::Direct;
+  return Conv2dAlgo::Im2col;
+}
+
+// ---- direct reference ---------------------------------------------------------
+
+template <typename T>
+void conv2d_forward_direct_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
+                               T* output) {
+  using Acc = typename Accumulator<T>::type;
+  const int64_t OH = p.out_h(), OW = p.out_w();
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
+#pragma omp parallel for collapse(2) schedule(static) if (direct_flops(p) > kParallelMinFlops)
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t k = 0; k < p.K; ++k) {
+      const int64_t g = k / Kg;
+      T* out_plane = output + (n * p.K + k) * OH * OW;
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          Acc acc = bias ? Acc(bias[k]) : Acc(0);
+          for (int64_t c = 0; c < Cg; ++c) {
+            const T* in_plane = input + (n * p.C + g * Cg + c) * p.H * p.W;
+            const T* w = weight + (k * Cg + c) * p.R * p.S;
+            for (int64_t r = 0; r < p.R; ++r) {
+              const int64_t h = oh * p.stride_h - p.pad_top + r * p.dilation_h;
+              if (h < 0 || h >= p.H) continue;
+              for (int64_t s = 0; s < p.S; ++s) {
+                const int64_t x = ow * p.stride_w - p.pad_left + s * p.dilation_w;
+                if (x < 0 || x >= p.W) continue;
+                acc += Acc(in_plane[h * p.W + x]) * Acc(w[r * p.S + s]);
+              }
+            }
+          }
+          out_plane[oh * OW + ow] = T(acc);
+        }
+    }
+}
+
+// Gather form: each input pixel collects every (output, tap) pair that read it,
+// so no two threads write the same element and no atomics are needed.
+template <typename T>
+void conv2d_backward_data_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
+                                     T* grad_input) {
+  using Acc = typename Accumulator<T>::type;
+  const int64_t OH = p.out_h(), OW = p.out_w();
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
+#pragma omp parallel for collapse(2) schedule(static) if (direct_flops(p) > kParallelMinFlops)
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t ci = 0; ci < p.C; ++ci) {
+      const int64_t g = ci / Cg, c = ci % Cg;
+      T* gin_plane = grad_input + (n * p.C + ci) * p.H * p.W;
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t x = 0; x < p.W; ++x) {
+          Acc acc = 0;
+          for (int64_t k = g * Kg; k < (g + 1) * Kg; ++k) {
+            const T* gout_plane = grad_output + (n * p.K + k) * OH * OW;
+            const T* w = weight + (k * Cg + c) * p.R * p.S;
+            for (int64_t r = 0; r < p.R; ++r) {
+              // h = oh*stride - pad + r*dilation  =>  oh = (h + pad - r*dilation) / stride
+              const int64_t th = h + p.pad_top - r * p.dilation_h;
+              if (th < 0 || th % p.stride_h != 0) continue;
+              const int64_t oh = th / p.stride_h;
+              if (oh >= OH) continue;
+              for (int64_t s = 0; s < p.S; ++s) {
+                const int64_t tw = x + p.pad_left - s * p.dilation_w;
+                if (tw < 0 || tw % p.stride_w != 0) continue;
+                const int64_t ow = tw / p.stride_w;
+                if (ow >= OW) continue;
+                acc += Acc(gout_plane[oh * OW + ow]) * Acc(w[r * p.S + s]);
+              }
+            }
+          }
+          gin_plane[h * p.W + x] = T(acc);
+        }
+    }
+}
+
+template <typename T>
+void conv2d_backward_weight_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                       T* grad_weight) {
+  using Acc = typename Accumulator<T>::type;
+  const int64_t OH = p.out_h(), OW = p.out_w();
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
+#pragma omp parallel for collapse(2) schedule(static) if (direct_flops(p) > kParallelMinFlops)
+  for (int64_t k = 0; k < p.K; ++k)
+    for (int64_t c = 0; c < Cg; ++c) {
+      const int64_t ci = (k / Kg) * Cg + c;
+      for (int64_t r = 0; r < p.R; ++r)
+        for (int64_t s = 0; s < p.S; ++s) {
+          Acc acc = 0;
+          for (int64_t n = 0; n < p.N; ++n) {
+            const T* gout_plane = grad_output + (n * p.K + k) * OH * OW;
+            const T* in_plane = input + (n * p.C + ci) * p.H * p.W;
+            for (int64_t oh = 0; oh < OH; ++oh) {
+              const int64_t h = oh * p.stride_h - p.pad_top + r * p.dilation_h;
+              if (h < 0 || h >= p.H) continue;
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const int64_t x = ow * p.stride_w - p.pad_left + s * p.dilation_w;
+                if (x < 0 || x >= p.W) continue;
+                acc += Acc(gout_plane[oh * OW + ow]) * Acc(in_plane[h * p.W + x]);
+              }
+            }
+          }
+          grad_weight[((k * Cg + c) * p.R + r) * p.S + s] = T(acc);
+        }
+    }
+}
+
+template <typename T>
+void conv2d_backward_bias_cpu(const Conv2dParams& p, const T* grad_output, T* grad_bias) {
+  using Acc = typename Accumulator<T>::type;
+  const int64_t plane = p.out_h() * p.out_w();
+#pragma omp parallel for schedule(static) if (double(p.N) * double(p.K) * double(plane) > kParallelMinFlops)
+  for (int64_t k = 0; k < p.K; ++k) {
+    Acc acc = 0;
+    for (int64_t n = 0; n < p.N; ++n) {
+      const T* g = grad_output + (n * p.K + k) * plane;
+      for (int64_t i = 0; i < plane; ++i) acc += Acc(g[i]);
+    }
+    grad_bias[k] = T(acc);
+  }
+}
+
+// ---- im2col + GEMM --------------------------------------------------------------
+// Per image n and group g, with L = OH*OW and CRS = Cg*R*S:
+//   forward          Y[n,g] (Kg x L)   = W[g] (Kg x CRS)   * col (CRS x L)
+//   backward data    col    (CRS x L)  = W[g]^T            * dY[n,g] (Kg x L), then col2im
+//   backward weight  dW[g]  (Kg x CRS) += dY[n,g] (Kg x L) * col^T (L x CRS)
+
+template <typename T>
+void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
+                               T* output) {
+  const Im2colParams ip = p.im2col();
+  const int64_t L = p.out_h() * p.out_w();
+  const int64_t CRS = ip.col_rows();
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
+  const bool pointwise = is_pointwise(p);
+  std::vector<T> col(pointwise ? 0 : CRS * L);
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t g = 0; g < p.groups; ++g) {
+      const T* image = input + (n * p.C + g * Cg) * p.H * p.W;
+      const T* cols = image;
+      if (!pointwise) {
+        im2col_cpu(ip, image, col.data());
+        cols = col.data();
+      }
+      T* out = output + (n * p.K + g * Kg) * L;
+      gemm_cpu<T>(false, false, Kg, L, CRS, weight + g * Kg * CRS, CRS, cols, L, T(0), out, L);
+      if (bias) {
+#pragma omp parallel for schedule(static) if (Kg * L > (1 << 18))
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T b = bias[g * Kg + k];
+          T* row = out + k * L;
+          for (int64_t i = 0; i < L; ++i) row[i] += b;
+        }
+      }
+    }
+}
+
+template <typename T>
+void conv2d_backward_data_im2col_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
+                                     T* grad_input) {
+  const Im2colParams ip = p.im2col();
+  const int64_t L = p.out_h() * p.out_w();
+  const int64_t CRS = ip.col_rows();
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
+  const bool pointwise = is_pointwise(p);
+  std::vector<T> col(pointwise ? 0 : CRS * L);
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t g = 0; g < p.groups; ++g) {
+      T* image = grad_input + (n * p.C + g * Cg) * p.H * p.W;
+      T* cols = pointwise ? image : col.data();
+      gemm_cpu<T>(true, false, CRS, L, Kg, weight + g * Kg * CRS, CRS, grad_output + (n * p.K + g * Kg) * L, L,
+                  T(0), cols, L);
+      if (!pointwise) col2im_cpu(ip, cols, image);
+    }
+}
+
+template <typename T>
+void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                       T* grad_weight) {
+  const Im2colParams ip = p.im2col();
+  const int64_t L = p.out_h() * p.out_w();
+  const int64_t CRS = ip.col_rows();
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
+  const bool pointwise = is_pointwise(p);
+  if (p.N == 0) {
+    std::fill(grad_weight, grad_weight + p.K * CRS, T(0));
+    return;
+  }
+  std::vector<T> col(pointwise ? 0 : CRS * L);
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t g = 0; g < p.groups; ++g) {
+      const T* image = input + (n * p.C + g * Cg) * p.H * p.W;
+      const T* cols = image;
+      if (!pointwise) {
+        im2col_cpu(ip, image, col.data());
+        cols = col.data();
+      }
+      gemm_cpu<T>(false, true, Kg, CRS, L, grad_output + (n * p.K + g * Kg) * L, L, cols, L,
+                  n == 0 ? T(0) : T(1), grad_weight + g * Kg * CRS, CRS);
+    }
+}
+
+// ---- dispatch -------------------------------------------------------------------
+
+template <typename T>
+Conv2dAlgo conv2d_forward_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
+                              T* output, Conv2dAlgo algo) {
+  if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::Forward);
+  if (algo == Conv2dAlgo::Direct)
+    conv2d_forward_direct_cpu(p, input, weight, bias, output);
+  else
+    conv2d_forward_im2col_cpu(p, input, weight, bias, output);
+  return algo;
+}
+
+template <typename T>
+Conv2dAlgo conv2d_backward_data_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
+                                    T* grad_input, Conv2dAlgo algo) {
+  if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardData);
+  if (algo == Conv2dAlgo::Direct)
+    conv2d_backward_data_direct_cpu(p, grad_output, weight, grad_input);
+  else
+    conv2d_backward_data_im2col_cpu(p, grad_output, weight, grad_input);
+  return algo;
+}
+
+template <typename T>
+Conv2dAlgo conv2d_backward_weight_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                      T* grad_weight, Conv2dAlgo algo) {
+  if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardWeight);
+  if (algo == Conv2dAlgo::Direct)
+    conv2d_backward_weight_direct_cpu(p, grad_output, input, grad_weight);
+  else
+    conv2d_backward_weight_im2col_cpu(p, grad_output, input, grad_weight);
+  return algo;
+}
+
+#define CONVX_INSTANTIATE(T)                                                                        \
+  template Conv2dAlgo conv2d_forward_cpu<T>(const Conv2dParams&, const T*, const T*, const T*, T*,  \
+                                            Conv2dAlgo);                                           \
+  template Conv2dAlgo conv2d_backward_data_cpu<T>(const Conv2dParams&, const T*, const T*, T*,      \
+                                                  Conv2dAlgo);                                     \
+  template Conv2dAlgo conv2d_backward_weight_cpu<T>(const Conv2dParams&, const T*, const T*, T*,    \
+                                                    Conv2dAlgo);                                   \
+  template void conv2d_backward_bias_cpu<T>(const Conv2dParams&, const T*, T*);                     \
+  template void conv2d_forward_direct_cpu<T>(const Conv2dParams&, const T*, const T*, const T*, T*); \
+  template void conv2d_backward_data_direct_cpu<T>(const Conv2dParams&, const T*, const T*, T*);    \
+  template void conv2d_backward_weight_direct_cpu<T>(const Conv2dParams&, const T*, const T*, T*);  \
+  template void conv2d_forward_im2col_cpu<T>(const Conv2dParams&, const T*, const T*, const T*, T*); \
+  template void conv2d_backward_data_im2col_cpu<T>(const Conv2dParams&, const T*, const T*, T*);    \
+  template void conv2d_backward_weight_im2col_cpu<T>(const Conv2dParams&, const T*, const T*, T*);
+CONVX_INSTANTIATE(float)
+CONVX_INSTANTIATE(double)
+#undef CONVX_INSTANTIATE
+
+}  // namespace convx

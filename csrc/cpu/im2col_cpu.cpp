@@ -1,0 +1,90 @@
+#include "convx/im2col.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace convx {
+namespace {
+
+// Range [lo, hi) of output positions o whose input coordinate o*stride - pad + offset
+// lies inside [0, size): the rest read padding. Lets the inner loops run branch-free.
+inline void valid_range(int64_t size, int64_t out, int64_t stride, int64_t start_offset, int64_t& lo,
+                        int64_t& hi) {
+  // o*stride + start_offset >= 0  <=>  o >= ceil(-start_offset / stride)
+  lo = start_offset >= 0 ? 0 : (-start_offset + stride - 1) / stride;
+  // o*stride + start_offset <= size - 1  <=>  o <= floor((size - 1 - start_offset) / stride)
+  int64_t last = size - 1 - start_offset;
+  hi = last < 0 ? 0 : last / stride + 1;
+  lo = std::min(lo, out);
+  hi = std::max(lo, std::min(hi, out));
+}
+
+}  // namespace
+
+template <typename T>
+void im2col_cpu(const Im2colParams& p, const T* image, T* col) {
+  const int64_t out_h = p.out_h(), out_w = p.out_w();
+  const int64_t rows = p.C * p.kernel_h * p.kernel_w;
+  const int64_t cols = out_h * out_w;
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 18))
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t j = row % p.kernel_w;
+    const int64_t i = (row / p.kernel_w) % p.kernel_h;
+    const int64_t c = row / (p.kernel_w * p.kernel_h);
+    const T* plane = image + c * p.H * p.W;
+    T* dst = col + row * cols;
+    const int64_t h_offset = i * p.dilation_h - p.pad_top;
+    const int64_t w_offset = j * p.dilation_w - p.pad_left;
+    int64_t oh_lo, oh_hi, ow_lo, ow_hi;
+    valid_range(p.H, out_h, p.stride_h, h_offset, oh_lo, oh_hi);
+    valid_range(p.W, out_w, p.stride_w, w_offset, ow_lo, ow_hi);
+    std::fill(dst, dst + oh_lo * out_w, T(0));
+    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+      T* d = dst + oh * out_w;
+      const T* src_row = plane + (oh * p.stride_h + h_offset) * p.W;
+      std::fill(d, d + ow_lo, T(0));
+      if (p.stride_w == 1) {
+        std::memcpy(d + ow_lo, src_row + ow_lo + w_offset, (ow_hi - ow_lo) * sizeof(T));
+      } else {
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) d[ow] = src_row[ow * p.stride_w + w_offset];
+      }
+      std::fill(d + ow_hi, d + out_w, T(0));
+    }
+    std::fill(dst + oh_hi * out_w, dst + cols, T(0));
+  }
+}
+
+template <typename T>
+void col2im_cpu(const Im2colParams& p, const T* col, T* image) {
+  const int64_t out_h = p.out_h(), out_w = p.out_w();
+  const int64_t cols = out_h * out_w;
+  const int64_t plane_size = p.H * p.W;
+  // One thread owns a whole channel: its kh*kw rows are added in row order, so the
+  // sum at each pixel has a fixed order and needs no atomics.
+#pragma omp parallel for schedule(static) if (p.C * p.kernel_h * p.kernel_w * cols > (1 << 18))
+  for (int64_t c = 0; c < p.C; ++c) {
+    T* plane = image + c * plane_size;
+    std::fill(plane, plane + plane_size, T(0));
+    for (int64_t i = 0; i < p.kernel_h; ++i)
+      for (int64_t j = 0; j < p.kernel_w; ++j) {
+        const T* src = col + ((c * p.kernel_h + i) * p.kernel_w + j) * cols;
+        const int64_t h_offset = i * p.dilation_h - p.pad_top;
+        const int64_t w_offset = j * p.dilation_w - p.pad_left;
+        int64_t oh_lo, oh_hi, ow_lo, ow_hi;
+        valid_range(p.H, out_h, p.stride_h, h_offset, oh_lo, oh_hi);
+        valid_range(p.W, out_w, p.stride_w, w_offset, ow_lo, ow_hi);
+        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+          T* dst_row = plane + (oh * p.stride_h + h_offset) * p.W;
+          const T* s = src + oh * out_w;
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst_row[ow * p.stride_w + w_offset] += s[ow];
+        }
+      }
+  }
+}
+
+template void im2col_cpu<float>(const Im2colParams&, const float*, float*);
+template void im2col_cpu<double>(const Im2colParams&, const double*, double*);
+template void col2im_cpu<float>(const Im2colParams&, const float*, float*);
+template void col2im_cpu<double>(const Im2colParams&, const double*, double*);
+
+}  // namespace convx
