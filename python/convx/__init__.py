@@ -1,0 +1,36 @@
+"""convx: hand-written convolution kernels for PyTorch and numpy.
+
+    import convx
+    y = convx.functional.conv2d(x, w, b, stride=1, padding=1)   # torch or numpy
+    layer = convx.nn.Conv2d(3, 16, 3, padding=1)                 # drop-in for torch.nn.Conv2d
+    model = convx.nn.convert(model)                              # swap a whole model's layers
+"""
+from . import _C
+from . import functional
+from ._kernels import record_algos
+
+__version__ = _C.__version__
+has_cuda: bool = bool(_C.has_cuda)
+build_type: str = _C.build_type
+
+
+def simd_level() -> str:
+    """Instruction set convx's SIMD kernels use on this CPU: 'avx512', 'avx2' or 'scalar'."""
+    return _C.simd_level()
+
+
+def get_num_threads() -> int:
+    """OpenMP threads a convx kernel uses (set with OMP_NUM_THREADS before import)."""
+    return _C.max_threads()
+
+
+def __getattr__(name):
+    # convx.nn needs torch; import it lazily so numpy-only users can import convx.
+    if name == "nn":
+        import importlib
+        return importlib.import_module(".nn", __name__)
+    raise AttributeError(f"module 'convx' has no attribute {name!r}")
+
+
+__all__ = ["functional", "nn", "record_algos", "has_cuda", "build_type", "simd_level", "get_num_threads",
+           "__version__"]

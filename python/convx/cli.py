@@ -1,0 +1,158 @@
+"""Command line: ``convx info`` and ``convx selfcheck`` (also ``python -m convx ...``)."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from typing import Callable, List, Tuple
+
+import numpy as np
+
+import convx
+from convx import functional as F
+from convx.data import seed_example
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info() -> int:
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed (numpy API only)"
+    rows = [
+        ("convx", convx.__version__),
+        ("build type", convx.build_type),
+        ("SIMD level", convx.simd_level()),
+        ("threads", f"{convx.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"),
+        ("CUDA compiled in", "yes" if convx.has_cuda else "no"),
+        ("CPU", _cpu_model()),
+        ("python", platform.python_version()),
+        ("numpy", np.__version__),
+        ("torch", torch_version),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+# ---- selfcheck -------------------------------------------------------------------
+
+def _check_seed_example() -> List[Tuple[str, bool, str]]:
+    ex = seed_example()
+    image = ex["image"][None, None]          # (1, 1, 6, 6)
+    filters = ex["filters"][:, None]         # (2, 1, 3, 3)
+    results = []
+    for stride, key in ((1, "conv_stride1"), (2, "conv_stride2")):
+        out = F.conv2d(image, filters, stride=stride)[0]
+        ok = np.array_equal(out, ex[key])
+        results.append((f"seed 6x6 image * two 3x3 filters, stride {stride}", ok,
+                        f"{out.shape[1]}x{out.shape[2]} feature maps" + ("" if ok else f": got {out.tolist()}")))
+    pooled, indices = F.max_pool2d(F.conv2d(image, filters)[None, 0], 2, return_indices=True)
+    ok = np.array_equal(pooled[0], ex["maxpool2x2_of_conv_stride1"]) and np.array_equal(
+        indices[0], ex["maxpool2x2_indices"])
+    results.append(("seed 2x2 max-pool values and argmax indices", ok,
+                    "indices " + str(indices[0].reshape(2, -1).tolist())))
+    return results
+
+
+def _numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    grad = np.zeros_like(x)
+    flat, g = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + h
+        up = f(x)
+        flat[i] = keep - h
+        down = f(x)
+        flat[i] = keep
+        g[i] = (up - down) / (2 * h)
+    return grad
+
+
+def _check_gradients() -> List[Tuple[str, bool, str]]:
+    """Autograd through convx against central differences (the chapter's point that
+    a gradient can always be checked numerically)."""
+    import torch
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    g = rng.standard_normal((2, 4, 3, 3))
+
+    def loss(x_, w_):
+        y = F.max_pool2d(F.conv2d(x_, w_, stride=1, padding=1), 2)
+        return float((y * g).sum())
+
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    (F.max_pool2d(F.conv2d(xt, wt, stride=1, padding=1), 2) * torch.tensor(g)).sum().backward()
+    results = []
+    for name, analytic, numeric in (
+        ("input", xt.grad.numpy(), _numeric_gradient(lambda v: loss(v, w), x.copy())),
+        ("weight", wt.grad.numpy(), _numeric_gradient(lambda v: loss(x, v), w.copy())),
+    ):
+        err = float(np.max(np.abs(analytic - numeric)))
+        results.append((f"conv2d -> max_pool2d gradient w.r.t. {name} vs central differences", err < 1e-6,
+                        f"max |difference| {err:.1e}"))
+    return results
+
+
+def _check_against_torch() -> List[Tuple[str, bool, str]]:
+    import torch
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 13, 11, dtype=torch.float64)
+    w = torch.randn(8, 3, 3, 5, dtype=torch.float64)
+    b = torch.randn(8, dtype=torch.float64)
+    results = []
+    for algo in ("direct", "im2col"):
+        ours = F.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, algo=algo)
+        ref = torch.nn.functional.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+        err = float((ours - ref).abs().max())
+        results.append((f"conv2d ({algo}) vs torch, groups/dilation/stride, float64", err < 1e-10,
+                        f"max |difference| {err:.1e}"))
+    return results
+
+
+def selfcheck() -> int:
+    start = time.perf_counter()
+    checks = _check_seed_example()
+    try:
+        import torch  # noqa: F401
+        checks += _check_gradients() + _check_against_torch()
+    except ImportError:
+        checks.append(("torch checks", True, "skipped: torch is not installed"))
+    width = max(len(name) for name, _, _ in checks)
+    for name, ok, detail in checks:
+        print(f"[{'PASS' if ok else 'FAIL'}] {name:<{width}}  {detail}")
+    failed = sum(not ok for _, ok, _ in checks)
+    print(f"{len(checks) - failed} passed, {failed} failed in {time.perf_counter() - start:.1f} s "
+          f"(convx {convx.__version__}, SIMD {convx.simd_level()}, {convx.get_num_threads()} threads)")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="convx", description="convx convolution kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="print version, build type, SIMD level, threads and CUDA support")
+    sub.add_parser("selfcheck", help="run the seed chapter's worked example and gradient checks")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return info()
+    return selfcheck()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The torch-style API: conv2d, max_pool2d, unfold, fold.
+
+Same signatures and semantics as torch.nn.functional. Each takes torch tensors
+(any strides; autograd through torch.autograd.Function) or numpy arrays (numpy
+out, no torch needed). Every argument is checked before anything is allocated.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _C, _kernels
+from ._args import (array_kind, as_int, as_pair, check_cpu, check_float, check_rank, check_same_dtype,
+                    is_channels_last, non_negative_pair, positive_pair, torch)
+
+__all__ = ["conv2d", "max_pool2d", "unfold", "fold"]
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+def _check_arrays(kind_args: dict) -> str:
+    kind = array_kind(**kind_args)
+    for name, a in kind_args.items():
+        if a is not None:
+            check_float(name, a)
+            check_cpu(name, a)
+    return kind
+
+
+def _contiguous_numpy(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a)
+
+
+# ---- conv2d ----------------------------------------------------------------------
+
+def _conv2d_padding(padding: Any, kernel: Tuple[int, int], stride: Tuple[int, int],
+                    dilation: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """(top, bottom, left, right) for an int, a pair, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions, got stride {stride}")
+            # The output keeps the input size: pad dilation*(k-1) in total; when that
+            # is odd the extra row/column goes at the bottom/right, as in torch.
+            pads = []
+            for k, d in zip(kernel, dilation):
+                total = as_int("padding='same' total padding (dilation * (kernel - 1))", d * (k - 1))
+                pads.append((total // 2, total - total // 2))
+            return pads[0][0], pads[0][1], pads[1][0], pads[1][1]
+        raise ValueError(f"padding must be 'same', 'valid', an int or a pair of ints, got {padding!r}")
+    ph, pw = non_negative_pair("padding", padding)
+    return ph, ph, pw, pw
+
+
+def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, IntPair] = 0,
+           dilation: IntPair = 1, groups: int = 1, *, algo: Optional[str] = None):
+    """2-D convolution (cross-correlation, as torch), like torch.nn.functional.conv2d.
+
+    input (N, C, H, W) or (C, H, W); weight (K, C/groups, R, S); bias (K,) or None.
+    ``algo`` forces a kernel: 'direct' (the readable reference) or 'im2col'
+    (im2col + GEMM); None or 'auto' lets the dispatcher choose.
+    """
+    kind = _check_arrays({"input": input, "weight": weight, "bias": bias})
+    check_same_dtype("input", input, "weight", weight)
+    check_same_dtype("input", input, "bias", bias)
+    check_rank("input", input, (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
+    check_rank("weight", weight, (4,), "(out_channels, in_channels / groups, kH, kW)")
+    if bias is not None:
+        check_rank("bias", bias, (1,), "(out_channels,)")
+    stride_ = positive_pair("stride", stride)
+    dilation_ = positive_pair("dilation", dilation)
+    groups = as_int("groups", groups)
+    if groups <= 0:
+        raise ValueError(f"groups must be positive, got {groups}")
+    algo = "auto" if algo is None else algo
+    if algo not in _kernels.CONV2D_ALGOS:
+        raise ValueError(f"algo must be one of {_kernels.CONV2D_ALGOS}, got {algo!r}")
+
+    batched = input.ndim == 4
+    N, C, H, W = tuple(input.shape) if batched else (1,) + tuple(input.shape)
+    K, Cg, R, S = tuple(weight.shape)
+    if Cg * groups != C:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} with groups={groups} expects input with "
+                         f"{Cg * groups} channels, got input of shape {tuple(input.shape)} with {C} channels")
+    if bias is not None and tuple(bias.shape) != (K,):
+        raise ValueError(f"bias must have shape ({K},) to match weight.shape[0], got {tuple(bias.shape)}")
+    pt, pb, pl, pr = _conv2d_padding(padding, (R, S), stride_, dilation_)
+
+    p = _C.Conv2dParams()
+    p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, W, K, R, S
+    p.stride_h, p.stride_w = stride_
+    p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pt, pb, pl, pr
+    p.dilation_h, p.dilation_w = dilation_
+    p.groups = groups
+    p.validate()
+
+    if kind == "numpy":
+        x = _contiguous_numpy(input if batched else input[None])
+        b = None if bias is None else _contiguous_numpy(bias)
+        out = _kernels.conv2d_forward(p, x, _contiguous_numpy(weight), b, algo)
+        return out if batched else out[0]
+
+    from .autograd import Conv2dFunction
+    x = (input if batched else input.unsqueeze(0)).contiguous()
+    out = Conv2dFunction.apply(x, weight.contiguous(), None if bias is None else bias.contiguous(), p, algo)
+    if not batched:
+        return out.squeeze(0)
+    if is_channels_last(input) or is_channels_last(weight):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+# ---- max_pool2d --------------------------------------------------------------------
+
+def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+               dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """2-D max pooling, like torch.nn.functional.max_pool2d.
+
+    With return_indices=True also returns the argmax of each window as an int64
+    flat h*W + w offset inside its (n, c) plane, exactly as torch; the backward
+    pass routes each output gradient to that element only.
+    """
+    kind = _check_arrays({"input": input})
+    check_rank("input", input, (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
+    kernel = positive_pair("kernel_size", kernel_size)
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride_ = kernel
+    else:
+        stride_ = positive_pair("stride", stride)
+    padding_ = non_negative_pair("padding", padding)
+    dilation_ = positive_pair("dilation", dilation)
+
+    batched = input.ndim == 4
+    N, C, H, W = tuple(input.shape) if batched else (1,) + tuple(input.shape)
+    p = _C.Pool2dParams()
+    p.N, p.C, p.H, p.W = N, C, H, W
+    p.kernel_h, p.kernel_w = kernel
+    p.stride_h, p.stride_w = stride_
+    p.pad_h, p.pad_w = padding_
+    p.dilation_h, p.dilation_w = dilation_
+    p.ceil_mode = bool(ceil_mode)
+    p.validate()
+
+    if kind == "numpy":
+        out, indices = _kernels.max_pool2d_forward(p, _contiguous_numpy(input if batched else input[None]))
+        if not batched:
+            out, indices = out[0], indices[0]
+        return (out, indices) if return_indices else out
+
+    from .autograd import MaxPool2dFunction
+    x = (input if batched else input.unsqueeze(0)).contiguous()
+    out, indices = MaxPool2dFunction.apply(x, p)
+    if not batched:
+        out, indices = out.squeeze(0), indices.squeeze(0)
+    elif is_channels_last(input):
+        out = out.contiguous(memory_format=torch.channels_last)
+        indices = indices.contiguous(memory_format=torch.channels_last)
+    return (out, indices) if return_indices else out
+
+
+# ---- unfold / fold -------------------------------------------------------------------
+
+def _im2col_params(C: int, H: int, W: int, kernel_size, dilation, padding, stride):
+    kernel = positive_pair("kernel_size", kernel_size)
+    dilation_ = positive_pair("dilation", dilation)
+    padding_ = non_negative_pair("padding", padding)
+    stride_ = positive_pair("stride", stride)
+    p = _C.Im2colParams()
+    p.C, p.H, p.W = C, H, W
+    p.kernel_h, p.kernel_w = kernel
+    p.stride_h, p.stride_w = stride_
+    p.pad_top = p.pad_bottom = padding_[0]
+    p.pad_left = p.pad_right = padding_[1]
+    p.dilation_h, p.dilation_w = dilation_
+    p.validate()
+    return p
+
+
+def unfold(input, kernel_size: IntPair, dilation: IntPair = 1, padding: IntPair = 0, stride: IntPair = 1):
+    """Extract sliding blocks (im2col), like torch.nn.functional.unfold.
+
+    (N, C, H, W) -> (N, C*kh*kw, L), L the number of blocks; (C, H, W) -> (C*kh*kw, L).
+    """
+    kind = _check_arrays({"input": input})
+    check_rank("input", input, (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
+    batched = input.ndim == 4
+    N, C, H, W = tuple(input.shape) if batched else (1,) + tuple(input.shape)
+    p = _im2col_params(C, H, W, kernel_size, dilation, padding, stride)
+
+    if kind == "numpy":
+        out = _kernels.im2col(p, N, _contiguous_numpy(input if batched else input[None]))
+        return out if batched else out[0]
+    from .autograd import UnfoldFunction
+    out = UnfoldFunction.apply((input if batched else input.unsqueeze(0)).contiguous(), p)
+    return out if batched else out.squeeze(0)
+
+
+def fold(input, output_size: IntPair, kernel_size: IntPair, dilation: IntPair = 1, padding: IntPair = 0,
+         stride: IntPair = 1):
+    """Sum sliding blocks back into an image (col2im), like torch.nn.functional.fold.
+
+    (N, C*kh*kw, L) -> (N, C, H, W) with (H, W) = output_size; (C*kh*kw, L) -> (C, H, W).
+    Where blocks overlap their entries add up.
+    """
+    kind = _check_arrays({"input": input})
+    check_rank("input", input, (2, 3), "(N, C*kh*kw, L) or unbatched (C*kh*kw, L)")
+    H, W = non_negative_pair("output_size", output_size)
+    kh, kw = positive_pair("kernel_size", kernel_size)
+    batched = input.ndim == 3
+    N, rows, L = tuple(input.shape) if batched else (1,) + tuple(input.shape)
+    if rows % (kh * kw) != 0:
+        raise ValueError(f"input.shape[{input.ndim - 2}] = {rows} must be divisible by the product of "
+                         f"kernel_size {(kh, kw)} = {kh * kw}")
+    p = _im2col_params(rows // (kh * kw), H, W, kernel_size, dilation, padding, stride)
+    blocks = (p.out_h(), p.out_w())
+    if blocks[0] * blocks[1] != L:
+        raise ValueError(f"input.shape[{input.ndim - 1}] = {L} must equal the number of sliding blocks, "
+                         f"{blocks[0]} x {blocks[1]} = {blocks[0] * blocks[1]}, that output_size {(H, W)}, "
+                         f"kernel_size {(kh, kw)}, dilation, padding and stride give")
+
+    if kind == "numpy":
+        out = _kernels.col2im(p, N, _contiguous_numpy(input if batched else input[None]))
+        return out if batched else out[0]
+    from .autograd import FoldFunction
+    out = FoldFunction.apply((input if batched else input.unsqueeze(0)).contiguous(), p)
+    return out if batched else out.squeeze(0)
