@@ -13,6 +13,7 @@
 
 #include "convx/conv2d.h"
 #include "convx/cpu_info.h"
+#include "convx/gemm.h"
 #include "convx/im2col.h"
 #include "convx/max_pool2d.h"
 #include "convx/params.h"
@@ -149,8 +150,34 @@ void col2im(const Im2colParams& p, int64_t N, const Array<T>& input, Array<T>& o
   for (int64_t n = 0; n < N; ++n) col2im_cpu<T>(p, input.data() + n * cols, out + n * image);
 }
 
+// C = op(A) op(B) + beta*C on 2-D arrays; for testing and benchmarking the GEMM
+// on its own. `reference` selects the triple loop.
+template <typename T>
+void gemm(const Array<T>& a, const Array<T>& b, Array<T>& c, bool trans_a, bool trans_b, double beta,
+          bool reference) {
+  if (a.ndim() != 2 || b.ndim() != 2 || c.ndim() != 2) throw std::invalid_argument("gemm takes 2-D arrays");
+  if (beta != 0.0 && beta != 1.0) throw std::invalid_argument("beta must be 0 or 1, got " + std::to_string(beta));
+  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+  if (K != Kb || c.shape(0) != M || c.shape(1) != N)
+    throw std::invalid_argument("gemm shapes do not agree: op(a) " + pair_str(M, K) + ", op(b) " +
+                                pair_str(Kb, N) + ", c " + pair_str(c.shape(0), c.shape(1)));
+  T* out = c.mutable_data();
+  const T* A = a.data();
+  const T* B = b.data();
+  const int64_t lda = a.shape(1), ldb = b.shape(1);
+  py::gil_scoped_release release;
+  if (reference)
+    gemm_reference_cpu<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, T(beta), out, N);
+  else
+    gemm_cpu<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, T(beta), out, N);
+}
+
 template <typename T>
 void bind_typed(py::module_& m) {
+  m.def("gemm", &gemm<T>, py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(),
+        py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("beta") = 0.0,
+        py::arg("reference") = false);
   m.def("conv2d_forward", &conv2d_forward<T>, py::arg("params"), py::arg("input").noconvert(),
         py::arg("weight").noconvert(), py::arg("bias").noconvert(), py::arg("output").noconvert(),
         py::arg("algo") = "auto");
