@@ -9,7 +9,7 @@ ValueError in the same style.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -70,17 +70,19 @@ def is_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def array_kind(**arrays: Any) -> str:
-    """'torch' or 'numpy' for a set of named array arguments (None entries skipped).
+def array_kind(required: Dict[str, Any], optional: Optional[Dict[str, Any]] = None) -> str:
+    """'torch' or 'numpy' for a set of named array arguments (optional ones may be None).
 
     All must be of one kind: mixing numpy arrays and torch tensors is a TypeError
     rather than a silent conversion that would cut the autograd graph.
     """
     kinds = {}
+    arrays = dict(required)
+    arrays.update({name: a for name, a in (optional or {}).items() if a is not None})
     for name, a in arrays.items():
-        if a is None:
-            continue
         if is_tensor(a):
+            if a.layout != torch.strided:
+                raise TypeError(f"{name} must be a dense (strided) tensor, got layout {a.layout}")
             kinds[name] = "torch"
         elif isinstance(a, np.ndarray):
             kinds[name] = "numpy"
@@ -98,6 +100,9 @@ def dtype_name(a: Any) -> str:
 
 def check_float(name: str, a: Any) -> None:
     if dtype_name(a) not in FLOAT_DTYPES:
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and not a.dtype.isnative:
+            raise TypeError(f"{name} must be float32 or float64 in native byte order, got {a.dtype.str} "
+                            f"(convert with .astype({a.dtype.newbyteorder('=').name}))")
         raise TypeError(f"{name} must be float32 or float64, got {dtype_name(a)}")
 
 

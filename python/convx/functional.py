@@ -19,9 +19,9 @@ __all__ = ["conv2d", "max_pool2d", "unfold", "fold"]
 IntPair = Union[int, Tuple[int, int]]
 
 
-def _check_arrays(kind_args: dict) -> str:
-    kind = array_kind(**kind_args)
-    for name, a in kind_args.items():
+def _check_arrays(required: dict, optional: Optional[dict] = None) -> str:
+    kind = array_kind(required, optional)
+    for name, a in list(required.items()) + list((optional or {}).items()):
         if a is not None:
             check_float(name, a)
             check_cpu(name, a)
@@ -63,7 +63,7 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
     ``algo`` forces a kernel: 'direct' (the readable reference) or 'im2col'
     (im2col + GEMM); None or 'auto' lets the dispatcher choose.
     """
-    kind = _check_arrays({"input": input, "weight": weight, "bias": bias})
+    kind = _check_arrays({"input": input, "weight": weight}, {"bias": bias})
     check_same_dtype("input", input, "weight", weight)
     check_same_dtype("input", input, "bias", bias)
     check_rank("input", input, (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
@@ -76,6 +76,8 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
     if groups <= 0:
         raise ValueError(f"groups must be positive, got {groups}")
     algo = "auto" if algo is None else algo
+    if not isinstance(algo, str):
+        raise TypeError(f"algo must be a str or None, got {algo!r} of type {type(algo).__name__}")
     if algo not in _kernels.CONV2D_ALGOS:
         raise ValueError(f"algo must be one of {_kernels.CONV2D_ALGOS}, got {algo!r}")
 
@@ -207,7 +209,7 @@ def fold(input, output_size: IntPair, kernel_size: IntPair, dilation: IntPair = 
     """
     kind = _check_arrays({"input": input})
     check_rank("input", input, (2, 3), "(N, C*kh*kw, L) or unbatched (C*kh*kw, L)")
-    H, W = non_negative_pair("output_size", output_size)
+    H, W = positive_pair("output_size", output_size)
     kh, kw = positive_pair("kernel_size", kernel_size)
     batched = input.ndim == 3
     N, rows, L = tuple(input.shape) if batched else (1,) + tuple(input.shape)
