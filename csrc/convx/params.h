@@ -208,6 +208,16 @@ struct Pool2dParams {
     return first < k && start + first * d < in;
   }
 
+  static void require_windows_hit_input(const char* axis, const char* unit, int64_t out, int64_t in, int64_t k,
+                                        int64_t s, int64_t p, int64_t d) {
+    for (int64_t o = 0; o < out; ++o)
+      if (!axis_window_hits_input(o, in, k, s, p, d))
+        throw std::invalid_argument("pooling window " + std::to_string(o) + " along the " + axis +
+                                    " covers no input " + unit + " (input " + axis + " " + std::to_string(in) +
+                                    ", kernel_size " + std::to_string(k) + ", dilation " + std::to_string(d) +
+                                    ", padding " + std::to_string(p) + ")");
+  }
+
   void validate() const {
     if (N < 0 || C < 0) throw std::invalid_argument("input batch and channel sizes must be non-negative");
     if (H < 0 || W < 0)
@@ -226,20 +236,8 @@ struct Pool2dParams {
                                   pair_str(kernel_h, kernel_w) + ", padding " + pair_str(pad_h, pad_w) +
                                   " and dilation " + pair_str(dilation_h, dilation_w) +
                                   " gives output size " + pair_str(oh, ow) + ", which is too small");
-    for (int64_t o = 0; o < oh; ++o)
-      if (!axis_window_hits_input(o, H, kernel_h, stride_h, pad_h, dilation_h))
-        throw std::invalid_argument("pooling window " + std::to_string(o) +
-                                    " along the height covers no input row (input height " +
-                                    std::to_string(H) + ", kernel_size " + std::to_string(kernel_h) +
-                                    ", dilation " + std::to_string(dilation_h) + ", padding " +
-                                    std::to_string(pad_h) + ")");
-    for (int64_t o = 0; o < ow; ++o)
-      if (!axis_window_hits_input(o, W, kernel_w, stride_w, pad_w, dilation_w))
-        throw std::invalid_argument("pooling window " + std::to_string(o) +
-                                    " along the width covers no input column (input width " +
-                                    std::to_string(W) + ", kernel_size " + std::to_string(kernel_w) +
-                                    ", dilation " + std::to_string(dilation_w) + ", padding " +
-                                    std::to_string(pad_w) + ")");
+    require_windows_hit_input("height", "row", oh, H, kernel_h, stride_h, pad_h, dilation_h);
+    require_windows_hit_input("width", "column", ow, W, kernel_w, stride_w, pad_w, dilation_w);
     input_numel();
     output_numel();
   }

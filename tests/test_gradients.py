@@ -1,0 +1,429 @@
+"""Gradient tests for convx.
+
+Two independent checks:
+
+* torch.autograd.gradcheck (float64) of convx.functional ops, which compares
+  the analytic backward of the autograd Function with torch's own numerical
+  Jacobian;
+* a central finite-difference check written with numpy only: convx is called
+  on numpy arrays (the numpy path, no autograd), each input element is
+  perturbed by +-h and the directional derivative of the linear functional
+  sum(g * out) is compared with the analytic gradient obtained by torch
+  autograd through convx (and with torch's own native gradient).
+
+Sizes are kept tiny because gradcheck is slow.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+import convx
+import convx.functional as CF
+
+ALGOS = [None, "direct", "im2col"]
+
+
+def _rand(gen, *shape):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def _distinct(gen, *shape):
+    """Values that are pairwise distinct by at least 0.05 (stable argmax)."""
+    n = int(np.prod(shape))
+    perm = torch.randperm(n, generator=gen).to(torch.float64)
+    return (perm * 0.05 - n * 0.025).reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# gradcheck: conv2d
+# ---------------------------------------------------------------------------
+
+# (N, Cin, H, W, Cout, kh, kw, stride, padding, dilation, groups, bias)
+CONV_CASES = [
+    pytest.param((1, 1, 4, 4, 1, 3, 3, 1, 0, 1, 1, False), id="plain"),
+    pytest.param((2, 2, 5, 4, 3, 3, 2, 1, 0, 1, 1, True), id="bias-batch2"),
+    pytest.param((1, 2, 5, 5, 2, 3, 3, 2, 0, 1, 1, True), id="stride2"),
+    pytest.param((1, 2, 5, 6, 2, 3, 3, (2, 1), (1, 2), 1, 1, True), id="stride-pad-pairs"),
+    pytest.param((1, 2, 6, 6, 2, 2, 2, 1, 1, 2, 1, False), id="dilation2"),
+    pytest.param((1, 4, 4, 5, 4, 2, 3, 1, 1, (2, 1), 2, True), id="groups2"),
+    pytest.param((1, 3, 4, 4, 6, 3, 3, 1, 1, 1, 3, True), id="depthwise-mult2"),
+    pytest.param((1, 2, 7, 6, 4, 2, 3, (2, 3), (1, 0), (2, 1), 2, True), id="all-mixed"),
+    pytest.param((1, 2, 4, 5, 2, 2, 3, 1, "same", 1, 1, True), id="same-even-kernel"),
+    pytest.param((1, 2, 5, 5, 2, 3, 2, 1, "same", (1, 2), 1, False), id="same-dilated"),
+    pytest.param((1, 2, 4, 4, 3, 2, 2, 1, "valid", 1, 1, True), id="valid"),
+]
+
+
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_gradcheck_conv2d(case, algo):
+    n, cin, h, w, cout, kh, kw, stride, padding, dilation, groups, has_bias = case
+    gen = torch.Generator().manual_seed(1234)
+    x = _rand(gen, n, cin, h, w).requires_grad_()
+    wt = _rand(gen, cout, cin // groups, kh, kw).requires_grad_()
+    b = _rand(gen, cout).requires_grad_() if has_bias else None
+
+    def f(x, wt, *maybe_b):
+        bb = maybe_b[0] if maybe_b else None
+        return CF.conv2d(x, wt, bb, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, algo=algo)
+
+    inputs = (x, wt) + ((b,) if has_bias else ())
+    # sanity: forward agrees with torch (so gradcheck is checking the right function)
+    ref = F.conv2d(x, wt, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    torch.testing.assert_close(f(*inputs), ref, rtol=1e-12, atol=1e-12)
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+def test_gradcheck_conv2d_unbatched(algo):
+    gen = torch.Generator().manual_seed(7)
+    x = _rand(gen, 2, 4, 5).requires_grad_()
+    wt = _rand(gen, 2, 1, 2, 3).requires_grad_()
+    b = _rand(gen, 2).requires_grad_()
+
+    def f(x, wt, b):
+        return CF.conv2d(x, wt, b, stride=(1, 2), padding=1, groups=2, algo=algo)
+
+    assert gradcheck(f, (x, wt, b), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+def test_gradcheck_conv2d_noncontiguous(algo):
+    gen = torch.Generator().manual_seed(8)
+    base = _rand(gen, 1, 2, 5, 7)
+    x = base.transpose(-1, -2).detach().requires_grad_()  # (1, 2, 7, 5), non-contiguous
+    assert not x.is_contiguous()
+    wt = _rand(gen, 3, 2, 2, 2).requires_grad_()
+
+    def f(x, wt):
+        return CF.conv2d(x, wt, None, stride=2, padding=1, algo=algo)
+
+    assert gradcheck(f, (x, wt), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# gradcheck: max_pool2d, unfold, fold
+# ---------------------------------------------------------------------------
+
+# (shape, kernel, stride, padding, dilation, ceil_mode)
+POOL_CASES = [
+    pytest.param(((1, 1, 4, 4), 2, None, 0, 1, False), id="k2"),
+    pytest.param(((2, 2, 5, 5), 3, 1, 1, 1, False), id="k3-s1-p1-overlap"),
+    pytest.param(((1, 2, 5, 6), (2, 3), (2, 1), (1, 1), 1, False), id="pairs"),
+    pytest.param(((1, 1, 6, 6), 2, 1, 1, 2, False), id="dilation2"),
+    pytest.param(((1, 2, 5, 5), 2, 2, 0, 1, True), id="ceil"),
+    pytest.param(((1, 1, 7, 6), 3, 2, 1, (1, 2), True), id="ceil-dil-pad"),
+    pytest.param(((2, 5, 5), 2, 2, 1, 1, False), id="unbatched"),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_gradcheck_max_pool2d(case):
+    shape, k, s, p, d, ceil = case
+    gen = torch.Generator().manual_seed(99)
+    x = _distinct(gen, *shape).requires_grad_()
+
+    def f(x):
+        return CF.max_pool2d(x, k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+
+    ref = F.max_pool2d(x, k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    assert torch.equal(f(x), ref)
+    assert gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_gradcheck_max_pool2d_return_indices_values():
+    gen = torch.Generator().manual_seed(5)
+    x = _distinct(gen, 1, 2, 5, 5).requires_grad_()
+
+    def f(x):
+        vals, idx = CF.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+        assert idx.dtype == torch.int64
+        assert not idx.requires_grad
+        return vals
+
+    assert gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# (shape, kernel, dilation, padding, stride)
+UNFOLD_CASES = [
+    pytest.param(((1, 2, 4, 4), 2, 1, 0, 1), id="basic"),
+    pytest.param(((2, 1, 5, 4), (2, 3), (2, 1), (1, 0), (2, 1)), id="mixed"),
+    pytest.param(((1, 2, 4, 5), 3, 1, 1, 2), id="pad-stride"),
+    pytest.param(((2, 4, 4), 2, 1, 1, 2), id="unbatched"),
+]
+
+
+@pytest.mark.parametrize("case", UNFOLD_CASES)
+def test_gradcheck_unfold(case):
+    shape, k, d, p, s = case
+    gen = torch.Generator().manual_seed(11)
+    x = _rand(gen, *shape).requires_grad_()
+
+    def f(x):
+        return CF.unfold(x, k, dilation=d, padding=p, stride=s)
+
+    torch.testing.assert_close(f(x), F.unfold(x, k, dilation=d, padding=p, stride=s),
+                               rtol=0, atol=0)
+    assert gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def _n_blocks(size, k, d, p, s):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+# (N, C, output_size, kernel, dilation, padding, stride)  (ints are per-both-dims)
+FOLD_CASES = [
+    pytest.param((1, 1, (4, 4), 2, 1, 0, 1), id="overlap"),
+    pytest.param((2, 2, (5, 4), (2, 3), (2, 1), (1, 0), (2, 1)), id="mixed"),
+    pytest.param((1, 2, (4, 5), 3, 1, 1, 2), id="pad-stride"),
+    pytest.param((None, 2, (4, 4), 2, 1, 1, 2), id="unbatched"),
+]
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+def test_gradcheck_fold(case):
+    n, c, out_size, k, d, p, s = case
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = map(_pair, (k, d, p, s))
+    L = _n_blocks(out_size[0], kh, dh, ph, sh) * _n_blocks(out_size[1], kw, dw, pw, sw)
+    gen = torch.Generator().manual_seed(13)
+    shape = (c * kh * kw, L) if n is None else (n, c * kh * kw, L)
+    x = _rand(gen, *shape).requires_grad_()
+
+    def f(x):
+        return CF.fold(x, out_size, k, dilation=d, padding=p, stride=s)
+
+    torch.testing.assert_close(f(x), F.fold(x, out_size, k, dilation=d, padding=p, stride=s),
+                               rtol=1e-12, atol=1e-12)
+    assert gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_double_backward_raises():
+    """Contract: first-order gradients only; double backward raises."""
+    gen = torch.Generator().manual_seed(3)
+    x = _rand(gen, 1, 1, 4, 4).requires_grad_()
+    w = _rand(gen, 1, 1, 2, 2).requires_grad_()
+    out = CF.conv2d(x, w)
+    gx, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.pow(2).sum(), w)
+
+
+# ---------------------------------------------------------------------------
+# Independent numpy central finite differences
+# ---------------------------------------------------------------------------
+
+def _fd_grad(fun, arrays, index, g, h):
+    """Central differences of sum(g * fun(*arrays)) w.r.t. arrays[index] (numpy only)."""
+    base = [a.copy() for a in arrays]
+    target = base[index]
+    grad = np.zeros_like(target)
+    flat = target.reshape(-1)  # view
+    gflat = grad.reshape(-1)
+    for i in range(flat.size):
+        orig = flat[i]
+        flat[i] = orig + h
+        fp = float(np.sum(g * fun(*base)))
+        flat[i] = orig - h
+        fm = float(np.sum(g * fun(*base)))
+        flat[i] = orig
+        gflat[i] = (fp - fm) / (2.0 * h)
+    return grad
+
+
+def _autograd_grads(fun_torch, arrays, g):
+    ts = [torch.from_numpy(a.copy()).requires_grad_() for a in arrays]
+    out = fun_torch(*ts)
+    grads = torch.autograd.grad(out, ts, torch.from_numpy(g))
+    return [gr.numpy() for gr in grads]
+
+
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+@pytest.mark.parametrize("cfg", [
+    dict(stride=1, padding=0, dilation=1, groups=1),
+    dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
+    dict(stride=1, padding="same", dilation=1, groups=1),
+], ids=["plain", "mixed-groups", "same"])
+def test_numpy_finite_difference_conv2d(algo, cfg):
+    rng = np.random.default_rng(2024)
+    groups = cfg["groups"]
+    x = rng.standard_normal((1, 2, 4, 5))
+    w = rng.standard_normal((2, 2 // groups, 2, 3))
+    b = rng.standard_normal(2)
+
+    def f_np(x, w, b):
+        out = CF.conv2d(x, w, b, algo=algo, **cfg)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64
+        return out
+
+    out = f_np(x, w, b)
+    g = rng.standard_normal(out.shape)
+    analytic = _autograd_grads(lambda x, w, b: CF.conv2d(x, w, b, algo=algo, **cfg), [x, w, b], g)
+    native = _autograd_grads(lambda x, w, b: F.conv2d(x, w, b, **cfg), [x, w, b], g)
+    for i, name in enumerate(["input", "weight", "bias"]):
+        fd = _fd_grad(f_np, [x, w, b], i, g, h=1e-3)
+        # conv2d is linear in each argument: central differences are exact up to rounding
+        np.testing.assert_allclose(analytic[i], fd, rtol=1e-7, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(analytic[i], native[i], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False),
+    dict(kernel_size=3, stride=1, padding=1, dilation=1, ceil_mode=False),
+    dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 1), dilation=(2, 1), ceil_mode=True),
+], ids=["k2", "overlap-pad", "mixed-ceil"])
+def test_numpy_finite_difference_max_pool2d(cfg):
+    rng = np.random.default_rng(77)
+    n = 2 * 5 * 6
+    x = (rng.permutation(n).astype(np.float64) * 0.1 - 3.0).reshape(1, 2, 5, 6)
+
+    def f_np(x):
+        out = CF.max_pool2d(x, **cfg)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64
+        return out
+
+    out = f_np(x)
+    g = rng.standard_normal(out.shape)
+    fd = _fd_grad(f_np, [x], 0, g, h=1e-4)  # h << gap between values: argmax is stable
+    analytic = _autograd_grads(lambda x: CF.max_pool2d(x, **cfg), [x], g)[0]
+    native = _autograd_grads(lambda x: F.max_pool2d(x, **cfg), [x], g)[0]
+    np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(analytic, native, rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_finite_difference_unfold():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 4, 5))
+    kw = dict(kernel_size=(2, 3), dilation=(1, 2), padding=1, stride=(2, 1))
+
+    def f_np(x):
+        out = CF.unfold(x, **kw)
+        assert isinstance(out, np.ndarray)
+        return out
+
+    g = rng.standard_normal(f_np(x).shape)
+    fd = _fd_grad(f_np, [x], 0, g, h=1e-3)
+    analytic = _autograd_grads(lambda x: CF.unfold(x, **kw), [x], g)[0]
+    native = _autograd_grads(lambda x: F.unfold(x, **kw), [x], g)[0]
+    np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(analytic, native, rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_finite_difference_fold():
+    rng = np.random.default_rng(6)
+    kw = dict(output_size=(4, 5), kernel_size=(2, 2), dilation=1, padding=(1, 0), stride=1)
+    L = _n_blocks(4, 2, 1, 1, 1) * _n_blocks(5, 2, 1, 0, 1)
+    x = rng.standard_normal((1, 2 * 4, L))
+
+    def f_np(x):
+        out = CF.fold(x, **kw)
+        assert isinstance(out, np.ndarray)
+        return out
+
+    g = rng.standard_normal(f_np(x).shape)
+    fd = _fd_grad(f_np, [x], 0, g, h=1e-3)
+    analytic = _autograd_grads(lambda x: CF.fold(x, **kw), [x], g)[0]
+    native = _autograd_grads(lambda x: F.fold(x, **kw), [x], g)[0]
+    np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(analytic, native, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# partial requires_grad, no_grad, non-contiguous upstream gradients (vs torch)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+@pytest.mark.parametrize("mask", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)],
+                         ids=lambda m: "xwb" if m == (1, 1, 1) else "".join(c for c, f in zip("xwb", m) if f))
+def test_conv2d_partial_requires_grad(mask, algo):
+    gen = torch.Generator().manual_seed(21)
+    base = [_rand(gen, 2, 4, 6, 5), _rand(gen, 6, 2, 3, 2), _rand(gen, 6)]
+    kw = dict(stride=(2, 1), padding=1, groups=2)
+    ours = [t.clone().requires_grad_(bool(m)) for t, m in zip(base, mask)]
+    theirs = [t.clone().requires_grad_(bool(m)) for t, m in zip(base, mask)]
+    out = CF.conv2d(*ours, algo=algo, **kw)
+    ref = F.conv2d(*theirs, **kw)
+    assert out.requires_grad
+    g = _rand(gen, *ref.shape)
+    out.backward(g)
+    ref.backward(g)
+    for a, b, m in zip(ours, theirs, mask):
+        if m:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+        else:
+            assert a.grad is None
+
+
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+def test_conv2d_no_grad_mode(algo):
+    gen = torch.Generator().manual_seed(22)
+    x = _rand(gen, 1, 2, 5, 5).requires_grad_()
+    w = _rand(gen, 3, 2, 3, 3).requires_grad_()
+    with torch.no_grad():
+        out = CF.conv2d(x, w, padding=1, algo=algo)
+    assert not out.requires_grad and out.grad_fn is None
+    torch.testing.assert_close(out, F.conv2d(x, w, padding=1), rtol=1e-12, atol=1e-12)
+    with torch.inference_mode():
+        out2 = CF.conv2d(x, w, padding=1, algo=algo)
+    assert not out2.requires_grad
+    torch.testing.assert_close(out2, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["conv_direct", "conv_im2col", "pool", "unfold", "fold"])
+@pytest.mark.parametrize("grad_kind", ["sum", "transposed", "sliced"])
+def test_noncontiguous_upstream_gradient(op, grad_kind):
+    """The gradient that reaches backward may be an expanded/transposed/strided view."""
+    gen = torch.Generator().manual_seed(23)
+    if op.startswith("conv"):
+        algo = op.split("_")[1]
+        x = _rand(gen, 2, 3, 6, 7).requires_grad_()
+        w = _rand(gen, 4, 3, 3, 2).requires_grad_()
+        inputs = [x, w]
+        ours = lambda x, w: CF.conv2d(x, w, padding=1, algo=algo)  # noqa: E731
+        theirs = lambda x, w: F.conv2d(x, w, padding=1)  # noqa: E731
+    elif op == "pool":
+        inputs = [_distinct(gen, 2, 3, 7, 6).requires_grad_()]
+        ours = lambda x: CF.max_pool2d(x, 3, 2, 1)  # noqa: E731
+        theirs = lambda x: F.max_pool2d(x, 3, 2, 1)  # noqa: E731
+    elif op == "unfold":
+        inputs = [_rand(gen, 2, 3, 6, 5).requires_grad_()]
+        ours = lambda x: CF.unfold(x, 2, padding=1).unsqueeze(-1)  # noqa: E731
+        theirs = lambda x: F.unfold(x, 2, padding=1).unsqueeze(-1)  # noqa: E731
+    else:
+        inputs = [_rand(gen, 2, 3 * 4, 5 * 6).requires_grad_()]
+        ours = lambda x: CF.fold(x, (6, 7), 2)  # noqa: E731
+        theirs = lambda x: F.fold(x, (6, 7), 2)  # noqa: E731
+
+    def loss(out):
+        if grad_kind == "sum":
+            return (out.sum() * 1.5)  # upstream grad is an expanded scalar
+        if grad_kind == "transposed":
+            gt = torch.randn(out.shape[:-2] + (out.shape[-1], out.shape[-2]),
+                             generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+            return (out * gt.transpose(-1, -2)).sum()
+        return out[..., ::2, :].pow(2).sum()  # strided, with zeros in between
+
+    got = torch.autograd.grad(loss(ours(*inputs)), inputs)
+    exp = torch.autograd.grad(loss(theirs(*inputs)), inputs)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool2d_grad_accumulates_overlapping_windows():
+    """Overlapping windows that share one argmax must add their gradients there."""
+    x = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    x[0, 0, 1, 1] = 5.0
+    x.requires_grad_()
+    out = CF.max_pool2d(x, 2, stride=1)  # 4 windows, all pick the centre
+    g = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=torch.float64)
+    gx, = torch.autograd.grad(out, x, g)
+    expected = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    expected[0, 0, 1, 1] = 10.0
+    assert torch.equal(gx, expected)
