@@ -1,13 +1,14 @@
 // The only file that knows about Python. Arrays cross as C-contiguous numpy
 // buffers of exactly the kernel's dtype (noconvert: a wrong dtype or layout is a
 // TypeError, never a silent copy the kernel would write into). Every entry point
-// re-validates its params and checks each buffer's size against them before
-// releasing the GIL, so even a direct caller of convx._C cannot make a kernel
-// read or write out of bounds.
+// validates its params (which bounds every index the kernels compute) and checks
+// each buffer's size against them before releasing the GIL, so a direct caller of
+// convx._C gets an exception, not an out-of-bounds access.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -38,6 +39,9 @@ void require_size(const Array<T>& a, int64_t expected, const char* name) {
   if (static_cast<int64_t>(a.size()) != expected)
     throw std::invalid_argument(std::string(name) + " has " + std::to_string(a.size()) +
                                 " elements, expected " + std::to_string(expected));
+  // numpy can hand over misaligned buffers (np.frombuffer with an offset).
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)
+    throw std::invalid_argument(std::string(name) + " is not aligned to its dtype");
 }
 
 template <typename T>
@@ -215,8 +219,9 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("dilation_h", &Conv2dParams::dilation_h)
       .def_readwrite("dilation_w", &Conv2dParams::dilation_w)
       .def_readwrite("groups", &Conv2dParams::groups)
-      .def("out_h", &Conv2dParams::out_h)
-      .def("out_w", &Conv2dParams::out_w)
+      // Sizes of validated params only: out_h() divides by the stride.
+      .def("out_h", [](const Conv2dParams& p) { p.validate(); return p.out_h(); })
+      .def("out_w", [](const Conv2dParams& p) { p.validate(); return p.out_w(); })
       .def("validate", &Conv2dParams::validate);
 
   py::class_<Pool2dParams>(m, "Pool2dParams")
@@ -229,8 +234,9 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("dilation_h", &Pool2dParams::dilation_h)
       .def_readwrite("dilation_w", &Pool2dParams::dilation_w)
       .def_readwrite("ceil_mode", &Pool2dParams::ceil_mode)
-      .def("out_h", &Pool2dParams::out_h)
-      .def("out_w", &Pool2dParams::out_w)
+      // Sizes of validated params only: out_h() divides by the stride.
+      .def("out_h", [](const Pool2dParams& p) { p.validate(); return p.out_h(); })
+      .def("out_w", [](const Pool2dParams& p) { p.validate(); return p.out_w(); })
       .def("validate", &Pool2dParams::validate);
 
   py::class_<Im2colParams>(m, "Im2colParams")
@@ -243,8 +249,9 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("pad_left", &Im2colParams::pad_left).def_readwrite("pad_right", &Im2colParams::pad_right)
       .def_readwrite("dilation_h", &Im2colParams::dilation_h)
       .def_readwrite("dilation_w", &Im2colParams::dilation_w)
-      .def("out_h", &Im2colParams::out_h)
-      .def("out_w", &Im2colParams::out_w)
+      // Sizes of validated params only: out_h() divides by the stride.
+      .def("out_h", [](const Im2colParams& p) { p.validate(); return p.out_h(); })
+      .def("out_w", [](const Im2colParams& p) { p.validate(); return p.out_w(); })
       .def("validate", &Im2colParams::validate);
 
   bind_typed<float>(m);

@@ -205,15 +205,44 @@ def test_gradcheck_fold(case):
     assert gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def test_double_backward_raises():
-    """Contract: first-order gradients only; double backward raises."""
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+@pytest.mark.parametrize("kw", [dict(), dict(stride=2, padding=1), dict(padding=(1, 0), dilation=(1, 2), groups=2)],
+                         ids=["plain", "stride2_pad1", "groups_dilation"])
+def test_gradgradcheck_conv2d(kw, algo):
+    """Second derivatives: every backward is built from differentiable convx Functions."""
     gen = torch.Generator().manual_seed(3)
-    x = _rand(gen, 1, 1, 4, 4).requires_grad_()
-    w = _rand(gen, 1, 1, 2, 2).requires_grad_()
-    out = CF.conv2d(x, w)
-    gx, = torch.autograd.grad(out.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(gx.pow(2).sum(), w)
+    x = _rand(gen, 2, 2, 5, 6).requires_grad_()
+    w = _rand(gen, 4, 2 // kw.get("groups", 1), 2, 3).requires_grad_()
+    b = _rand(gen, 4).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x, w, b: CF.conv2d(x, w, b, algo=algo, **kw), (x, w, b))
+
+
+def test_gradgradcheck_max_pool2d_unfold_fold():
+    gen = torch.Generator().manual_seed(4)
+    x = _distinct(gen, 1, 2, 5, 5).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x: CF.max_pool2d(x, 2, 1, padding=1), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: CF.unfold(x, 2, padding=1, stride=2), (x,))
+    cols = _rand(gen, 1, 8, 9).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda c: CF.fold(c, (4, 4), 2, stride=1), (cols,))
+
+
+@pytest.mark.parametrize("algo", ALGOS, ids=lambda a: str(a))
+def test_gradient_penalty_matches_torch(algo):
+    """A gradient penalty (loss on d out / d x, differentiated again w.r.t. the weight)
+    must match torch, not silently drop the second-order term."""
+    gen = torch.Generator().manual_seed(5)
+    x0, w0 = _rand(gen, 2, 3, 6, 6), _rand(gen, 4, 3, 3, 3)
+
+    def penalty_grad(conv):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = torch.relu(conv(x, w))
+        gx, = torch.autograd.grad(y.sum(), x, create_graph=True)
+        (y.mean() + gx.pow(2).sum()).backward()
+        return w.grad
+
+    ours = penalty_grad(lambda x, w: CF.conv2d(x, w, padding=1, algo=algo))
+    ref = penalty_grad(lambda x, w: torch.nn.functional.conv2d(x, w, padding=1))
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------

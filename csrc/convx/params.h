@@ -7,6 +7,7 @@
 // kernel, and the kernels themselves assume a validated struct.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -48,6 +49,8 @@ inline int64_t floor_div(int64_t a, int64_t b) {
 // Output length of a sliding window along one axis, in checked arithmetic:
 //   out = floor((in + pad_begin + pad_end - dilation*(kernel-1) - 1) / stride) + 1
 // May be <= 0; callers turn that into an error naming their own arguments.
+// Callers must have checked kernel, stride and dilation positive and padding
+// non-negative (validate() does so first): then nothing here can overflow.
 inline int64_t window_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad_begin,
                                int64_t pad_end, int64_t dilation) {
   int64_t span = checked_add(checked_mul(dilation, kernel - 1, "dilation * (kernel_size - 1)"), 1,
@@ -99,7 +102,9 @@ struct Im2colParams {
     int64_t oh = out_h(), ow = out_w();
     if (oh < 1 || ow < 1)
       throw std::invalid_argument(
-          "spatial size " + pair_str(H, W) + " with padding " + pair_str(pad_top, pad_left) +
+          "spatial size " + pair_str(H, W) + " with padding (top, bottom, left, right) (" +
+          std::to_string(pad_top) + ", " + std::to_string(pad_bottom) + ", " + std::to_string(pad_left) + ", " +
+          std::to_string(pad_right) + ")" +
           ", kernel_size " + pair_str(kernel_h, kernel_w) + ", dilation " +
           pair_str(dilation_h, dilation_w) + " and stride " + pair_str(stride_h, stride_w) +
           " gives " + pair_str(oh, ow) + " blocks: the output size is too small");
@@ -142,8 +147,8 @@ struct Conv2dParams {
     if (N < 0) throw std::invalid_argument("batch size must be non-negative, got " + std::to_string(N));
     if (C < 1) throw std::invalid_argument("input channels must be positive, got " + std::to_string(C));
     if (K < 0) throw std::invalid_argument("out_channels must be non-negative, got " + std::to_string(K));
-    if (H < 0 || W < 0)
-      throw std::invalid_argument("input spatial size must be non-negative, got " + pair_str(H, W));
+    // As torch: an empty image is an error (only an empty batch is allowed).
+    require_positive_pair("input spatial size (input.shape[-2:])", H, W);
     require_positive_pair("kernel size (weight.shape[2:])", R, S);
     require_positive_pair("stride", stride_h, stride_w);
     require_positive_pair("dilation", dilation_h, dilation_w);
@@ -202,15 +207,25 @@ struct Pool2dParams {
   // dilation a window can straddle the input and still miss every row of it;
   // torch then returns an index outside the plane, convx refuses such shapes.
   static bool axis_window_hits_input(int64_t o, int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-    int64_t start = o * s - p;
-    int64_t first = 0;                    // first tap j with start + j*d >= 0
-    if (start < 0) first = (-start + d - 1) / d;
+    const int64_t start = o * s - p;
+    int64_t first = 0;  // first tap j with start + j*d >= 0
+    if (start < 0) first = -start / d + (-start % d != 0);
     return first < k && start + first * d < in;
   }
 
+  // Every window starts before the input ends (the output-size rule above makes
+  // sure), so a window starting at or after 0 holds its first tap. Only windows
+  // starting in the left padding can miss: their first tap at or after 0 falls at
+  // ((o*s - p) mod d), a miss when that is >= in. So nothing can miss when in >= d,
+  // and the residues repeat with a period dividing d: checking the first
+  // min(#padding windows, d) windows covers all of them in bounded time, even for
+  // an empty batch with a 2**40-wide plane.
   static void require_windows_hit_input(const char* axis, const char* unit, int64_t out, int64_t in, int64_t k,
                                         int64_t s, int64_t p, int64_t d) {
-    for (int64_t o = 0; o < out; ++o)
+    if (p == 0 || in >= d) return;
+    const int64_t padding_windows = std::min(out, p / s + (p % s != 0));
+    const int64_t to_check = std::min(padding_windows, d);
+    for (int64_t o = 0; o < to_check; ++o)
       if (!axis_window_hits_input(o, in, k, s, p, d))
         throw std::invalid_argument("pooling window " + std::to_string(o) + " along the " + axis +
                                     " covers no input " + unit + " (input " + axis + " " + std::to_string(in) +

@@ -23,8 +23,6 @@ struct Accumulator {
   typedef double type;
 };
 
-// A 1x1 kernel with unit stride and no padding reads the image exactly as the
-// GEMM wants it: the column matrix is the image itself, no copy needed.
 // Waking the thread team costs microseconds on an idle machine and up to a
 // scheduler time slice on a loaded one: only worth it for real work.
 constexpr double kParallelMinFlops = 65536.0;
@@ -33,6 +31,8 @@ double direct_flops(const Conv2dParams& p) {
          double(p.R) * double(p.S);
 }
 
+// A 1x1 kernel with unit stride and no padding reads the image exactly as the
+// GEMM wants it: the column matrix is the image itself, no copy needed.
 bool is_pointwise(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_top == 0 &&
          p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0;
@@ -192,6 +192,7 @@ void conv2d_backward_bias_cpu(const Conv2dParams& p, const T* grad_output, T* gr
 template <typename T>
 void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
                                T* output) {
+  if (p.N == 0) return;  // nothing to compute: do not allocate the column buffer
   const Im2colParams ip = p.im2col();
   const int64_t L = p.out_h() * p.out_w();
   const int64_t CRS = ip.col_rows();
@@ -222,6 +223,7 @@ void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* w
 template <typename T>
 void conv2d_backward_data_im2col_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
                                      T* grad_input) {
+  if (p.N == 0) return;  // nothing to compute: do not allocate the column buffer
   const Im2colParams ip = p.im2col();
   const int64_t L = p.out_h() * p.out_w();
   const int64_t CRS = ip.col_rows();

@@ -10,8 +10,13 @@ namespace {
 // lies inside [0, size): the rest read padding. Lets the inner loops run branch-free.
 inline void valid_range(int64_t size, int64_t out, int64_t stride, int64_t start_offset, int64_t& lo,
                         int64_t& hi) {
-  // o*stride + start_offset >= 0  <=>  o >= ceil(-start_offset / stride)
-  lo = start_offset >= 0 ? 0 : (-start_offset + stride - 1) / stride;
+  // o*stride + start_offset >= 0  <=>  o >= ceil(-start_offset / stride), written
+  // without the "+ stride - 1" that could overflow when padding and stride are huge.
+  lo = 0;
+  if (start_offset < 0) {
+    const int64_t gap = -start_offset;  // <= padding, so no overflow
+    lo = gap / stride + (gap % stride != 0);
+  }
   // o*stride + start_offset <= size - 1  <=>  o <= floor((size - 1 - start_offset) / stride)
   int64_t last = size - 1 - start_offset;
   hi = last < 0 ? 0 : last / stride + 1;

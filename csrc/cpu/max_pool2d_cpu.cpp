@@ -5,6 +5,25 @@
 #include <limits>
 
 namespace convx {
+namespace {
+
+// The taps of one window along one axis are start, start+d, ..., start+(k-1)*d.
+// first = the first tap inside the input (validation guarantees one exists), end =
+// one past the last position the window reaches, clipped to the input. Closed
+// forms: kernel, padding and dilation may be near 2**62, so no stepping loops and
+// no unchecked start + span.
+inline void window_taps(int64_t start, int64_t kernel, int64_t dilation, int64_t size, int64_t& first,
+                        int64_t& end) {
+  const int64_t span = (kernel - 1) * dilation + 1;  // validated to fit
+  end = (start > size - span) ? size : start + span;
+  first = start;
+  if (start < 0) {
+    const int64_t gap = -start;
+    first = start + (gap / dilation + (gap % dilation != 0)) * dilation;
+  }
+}
+
+}  // namespace
 
 template <typename T>
 void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
@@ -19,13 +38,11 @@ void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, in
     int64_t* idx = indices + plane * OH * OW;
     for (int64_t oh = 0; oh < OH; ++oh) {
       // Window rows h0, h0+d, ... below h_end; skip the taps that land in padding.
-      int64_t h0 = oh * p.stride_h - p.pad_h;
-      const int64_t h_end = std::min(h0 + (p.kernel_h - 1) * p.dilation_h + 1, p.H);
-      while (h0 < 0) h0 += p.dilation_h;
+      int64_t h0, h_end;
+      window_taps(oh * p.stride_h - p.pad_h, p.kernel_h, p.dilation_h, p.H, h0, h_end);
       for (int64_t ow = 0; ow < OW; ++ow) {
-        int64_t w0 = ow * p.stride_w - p.pad_w;
-        const int64_t w_end = std::min(w0 + (p.kernel_w - 1) * p.dilation_w + 1, p.W);
-        while (w0 < 0) w0 += p.dilation_w;
+        int64_t w0, w_end;
+        window_taps(ow * p.stride_w - p.pad_w, p.kernel_w, p.dilation_w, p.W, w0, w_end);
         // Validation guarantees (h0, w0) is inside the plane, so an all -inf
         // window still reports a real position.
         int64_t best_index = h0 * p.W + w0;

@@ -5,13 +5,24 @@ differentiable torch ops, which also route gradients back through any view,
 expand or layout change) and validated params. Host tensors cross into the
 kernels as zero-copy numpy views and come back with torch.from_numpy.
 
-Backward passes are first-order (once_differentiable): asking for a gradient of
-a gradient raises instead of silently returning a wrong one.
+Every backward is itself built from these Functions, so gradients of gradients
+work to any order (gradient penalties, Hessian-vector products). conv2d is
+bilinear in (input, weight), so its three derivatives close under
+differentiation:
+
+    y  = F(x, w)        forward           F  = conv2d_forward
+    gx = D(gy, w)       backward data     D  = conv2d_backward_data   (adjoint of F in x)
+    gw = B(gy, x)       backward weight   B  = conv2d_backward_weight (adjoint of F in w)
+
+    d<ggx, D(gy, w)>:  wrt gy -> F(ggx, w),  wrt w -> B(gy, ggx)
+    d<ggw, B(gy, x)>:  wrt gy -> F(x, ggw),  wrt x -> D(gy, ggw)
+
+max-pool's backward is a scatter through the argmax, whose adjoint is a gather;
+unfold (im2col) and fold (col2im) are each other's adjoints.
 """
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import _kernels
 
@@ -20,12 +31,9 @@ def _np(t: torch.Tensor):
     return t.detach().numpy()
 
 
-def _grad_np(t: torch.Tensor):
-    # Incoming gradients may be expanded views (e.g. from .sum()): materialise.
-    return t.detach().contiguous().numpy()
-
-
 class Conv2dFunction(torch.autograd.Function):
+    """y = conv2d(x, w) + b."""
+
     @staticmethod
     def forward(ctx, input, weight, bias, params, algo):
         out = _kernels.conv2d_forward(params, _np(input), _np(weight),
@@ -35,19 +43,75 @@ class Conv2dFunction(torch.autograd.Function):
         return torch.from_numpy(out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         p, algo = ctx.params, ctx.algo
-        gy = _grad_np(grad_output)
+        gy = grad_output.contiguous()  # incoming gradients may be expanded views (e.g. from .sum())
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_input = torch.from_numpy(_kernels.conv2d_backward_data(p, gy, _np(weight), algo))
+            grad_input = Conv2dBackwardDataFunction.apply(gy, weight, p, algo)
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.from_numpy(_kernels.conv2d_backward_weight(p, gy, _np(input), algo))
+            grad_weight = Conv2dBackwardWeightFunction.apply(gy, input, p, algo)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = torch.from_numpy(_kernels.conv2d_backward_bias(p, gy))
+            grad_bias = Conv2dBackwardBiasFunction.apply(gy, p)
         return grad_input, grad_weight, grad_bias, None, None
+
+
+class Conv2dBackwardDataFunction(torch.autograd.Function):
+    """gx = D(gy, w): the gradient of conv2d with respect to its input."""
+
+    @staticmethod
+    def forward(ctx, grad_output, weight, params, algo):
+        ctx.save_for_backward(grad_output, weight)
+        ctx.params, ctx.algo = params, algo
+        return torch.from_numpy(_kernels.conv2d_backward_data(params, _np(grad_output), _np(weight), algo))
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        grad_output, weight = ctx.saved_tensors
+        p, algo = ctx.params, ctx.algo
+        ggx = grad_grad_input.contiguous()
+        d_grad_output = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = Conv2dFunction.apply(ggx, weight, None, p, algo)
+        if ctx.needs_input_grad[1]:
+            d_weight = Conv2dBackwardWeightFunction.apply(grad_output, ggx, p, algo)
+        return d_grad_output, d_weight, None, None
+
+
+class Conv2dBackwardWeightFunction(torch.autograd.Function):
+    """gw = B(gy, x): the gradient of conv2d with respect to its weight."""
+
+    @staticmethod
+    def forward(ctx, grad_output, input, params, algo):
+        ctx.save_for_backward(grad_output, input)
+        ctx.params, ctx.algo = params, algo
+        return torch.from_numpy(_kernels.conv2d_backward_weight(params, _np(grad_output), _np(input), algo))
+
+    @staticmethod
+    def backward(ctx, grad_grad_weight):
+        grad_output, input = ctx.saved_tensors
+        p, algo = ctx.params, ctx.algo
+        ggw = grad_grad_weight.contiguous()
+        d_grad_output = d_input = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = Conv2dFunction.apply(input, ggw, None, p, algo)
+        if ctx.needs_input_grad[1]:
+            d_input = Conv2dBackwardDataFunction.apply(grad_output, ggw, p, algo)
+        return d_grad_output, d_input, None, None
+
+
+class Conv2dBackwardBiasFunction(torch.autograd.Function):
+    """gb[k] = sum of gy[:, k]; its adjoint broadcasts back over (n, h, w)."""
+
+    @staticmethod
+    def forward(ctx, grad_output, params):
+        ctx.shape = grad_output.shape
+        return torch.from_numpy(_kernels.conv2d_backward_bias(params, _np(grad_output)))
+
+    @staticmethod
+    def backward(ctx, grad_grad_bias):
+        return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.shape), None
 
 
 class MaxPool2dFunction(torch.autograd.Function):
@@ -61,35 +125,47 @@ class MaxPool2dFunction(torch.autograd.Function):
         return torch.from_numpy(out), indices
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, _grad_indices):
         (indices,) = ctx.saved_tensors
-        return torch.from_numpy(_kernels.max_pool2d_backward(ctx.params, _grad_np(grad_output), _np(indices))), None
+        return MaxPool2dBackwardFunction.apply(grad_output.contiguous(), indices, ctx.params), None
+
+
+class MaxPool2dBackwardFunction(torch.autograd.Function):
+    """gx = scatter-add of gy into each window's argmax; its adjoint gathers there."""
+
+    @staticmethod
+    def forward(ctx, grad_output, indices, params):
+        ctx.save_for_backward(indices)
+        return torch.from_numpy(_kernels.max_pool2d_backward(params, _np(grad_output), _np(indices)))
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        (indices,) = ctx.saved_tensors
+        gathered = grad_grad_input.flatten(2).gather(2, indices.flatten(2))
+        return gathered.view(indices.shape), None, None
 
 
 class UnfoldFunction(torch.autograd.Function):
-    """im2col forward; its adjoint col2im carries the gradient back."""
+    """im2col; its adjoint is col2im (FoldFunction)."""
 
     @staticmethod
     def forward(ctx, input, params):
-        ctx.params, ctx.batch = params, input.shape[0]
+        ctx.params = params
         return torch.from_numpy(_kernels.im2col(params, input.shape[0], _np(input)))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
-        return torch.from_numpy(_kernels.col2im(ctx.params, ctx.batch, _grad_np(grad_output))), None
+        return FoldFunction.apply(grad_output.contiguous(), ctx.params), None
 
 
 class FoldFunction(torch.autograd.Function):
-    """col2im forward; its adjoint im2col carries the gradient back."""
+    """col2im; its adjoint is im2col (UnfoldFunction)."""
 
     @staticmethod
     def forward(ctx, input, params):
-        ctx.params, ctx.batch = params, input.shape[0]
+        ctx.params = params
         return torch.from_numpy(_kernels.col2im(params, input.shape[0], _np(input)))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
-        return torch.from_numpy(_kernels.im2col(ctx.params, ctx.batch, _grad_np(grad_output))), None
+        return UnfoldFunction.apply(grad_output.contiguous(), ctx.params), None

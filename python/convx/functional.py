@@ -29,7 +29,8 @@ def _check_arrays(required: dict, optional: Optional[dict] = None) -> str:
 
 
 def _contiguous_numpy(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a)
+    # C-contiguous and aligned, copying only when the array is not already so.
+    return np.require(a, requirements=("C", "A"))
 
 
 # ---- conv2d ----------------------------------------------------------------------
