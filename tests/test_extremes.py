@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings, strategies as st
 
 import convx
 import convx.functional as CF
@@ -169,3 +170,94 @@ def test_concurrent_calls_with_threaded_gemm():
         assert torch.equal(y, ys) and torch.equal(gx, gxs)
     ref = torch.nn.functional.conv2d(inputs[0], w, padding=1)
     torch.testing.assert_close(sequential[0][0], ref, rtol=1e-4, atol=1e-4)
+
+
+# ---- extreme integers, against exact Python-int references -------------------------
+
+
+_EXTREME = st.sampled_from([2**31 - 1, 2**31, 2**32 + 1, 2**61, 2**62 - 1, 2**62, 2**63 - 2, 2**63 - 1])
+_SIZE = st.one_of(st.integers(1, 4), _EXTREME)
+_PAD = st.one_of(st.integers(0, 2), _EXTREME.map(lambda v: v // 2))
+
+
+def _pool_out_size(n, k, s, p, d, ceil):
+    """torch's pooling_output_shape, in exact Python ints."""
+    span = d * (k - 1) + 1
+    num = n + 2 * p - span + (s - 1 if ceil else 0)
+    out = num // s + 1
+    if ceil and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def _reference_max_pool2d(x, k, s, p, d, ceil):
+    """Window by window in Python ints: taps inside the input, max with NaN winning."""
+    H, W = x.shape
+    oh, ow = _pool_out_size(H, k[0], s[0], p[0], d[0], ceil), _pool_out_size(W, k[1], s[1], p[1], d[1], ceil)
+
+    def taps(o, n, k, s, p, d):
+        start = o * s - p
+        first = 0 if start >= 0 else -(-(-start) // d)  # ceil(-start / d)
+        return [start + j * d for j in range(first, min(k, first + n + 1)) if 0 <= start + j * d < n]
+
+    values, indices = np.empty((oh, ow), x.dtype), np.empty((oh, ow), np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            best, best_index = -np.inf, None
+            for h in taps(i, H, k[0], s[0], p[0], d[0]):
+                for w in taps(j, W, k[1], s[1], p[1], d[1]):
+                    if best_index is None:
+                        best_index = h * W + w
+                    if x[h, w] > best or np.isnan(x[h, w]):
+                        best, best_index = x[h, w], h * W + w
+            assert best_index is not None, "convx accepted a window with no input element"
+            values[i, j], indices[i, j] = best, best_index
+    return values, indices
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(H=st.integers(1, 5), W=st.integers(1, 5), k=st.tuples(_SIZE, _SIZE), s=st.tuples(_SIZE, _SIZE),
+       p=st.tuples(_PAD, _PAD), d=st.tuples(_SIZE, _SIZE), ceil=st.booleans(), seed=st.integers(0, 2**16))
+def test_max_pool2d_extreme_arguments(H, W, k, s, p, d, ceil, seed):
+    """Huge kernel/stride/padding/dilation: a clear ValueError, or exactly the
+    reference's values and in-plane indices (never a crash or a wrapped size)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((H, W))
+    x[rng.random((H, W)) < 0.1] = np.nan
+    # Shapes whose output would be large but valid are real work, not a test of the
+    # arithmetic at the edges: leave them out rather than allocate gigabytes.
+    assume(_pool_out_size(H, k[0], s[0], p[0], d[0], ceil) * _pool_out_size(W, k[1], s[1], p[1], d[1], ceil)
+           <= 64 or p[0] > k[0] // 2 or p[1] > k[1] // 2)
+    try:
+        values, indices = CF.max_pool2d(x[None, None], k, s, p, d, ceil, return_indices=True)
+    except ValueError as e:
+        assert str(e)
+        return
+    ref_values, ref_indices = _reference_max_pool2d(x, k, s, p, d, ceil)
+    np.testing.assert_array_equal(values[0, 0], ref_values)
+    np.testing.assert_array_equal(indices[0, 0], ref_indices)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(H=st.integers(1, 5), W=st.integers(1, 5), k=st.tuples(_SIZE, _SIZE), s=st.tuples(_SIZE, _SIZE),
+       p=st.tuples(_PAD, _PAD), d=st.tuples(_SIZE, _SIZE))
+def test_unfold_extreme_arguments(H, W, k, s, p, d):
+    """Either a ValueError, or every block entry equals the pixel (or padding zero) it
+    names in exact integer arithmetic."""
+    x = np.arange(1, H * W + 1, dtype=np.float64).reshape(1, 1, H, W)
+    bh = (H + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    bw = (W + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    assume(k[0] * k[1] * max(bh, 0) * max(bw, 0) <= 4096)  # as above: no gigabyte outputs
+    try:
+        cols = CF.unfold(x, k, d, p, s)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert cols.shape == (1, k[0] * k[1], bh * bw)
+    for row in range(k[0] * k[1]):
+        i, j = divmod(row, k[1])
+        for b in range(bh * bw):
+            oh, ow = divmod(b, bw)
+            h, w = oh * s[0] - p[0] + i * d[0], ow * s[1] - p[1] + j * d[1]
+            expected = x[0, 0, h, w] if 0 <= h < H and 0 <= w < W else 0.0
+            assert cols[0, row, b] == expected

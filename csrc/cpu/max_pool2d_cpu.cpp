@@ -47,8 +47,13 @@ void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, in
         // window still reports a real position.
         int64_t best_index = h0 * p.W + w0;
         T best = -std::numeric_limits<T>::infinity();
-        for (int64_t h = h0; h < h_end; h += p.dilation_h)
-          for (int64_t w = w0; w < w_end; w += p.dilation_w) {
+        // Count the taps instead of stepping h past h_end: with a huge dilation
+        // the step beyond the last tap would overflow.
+        const int64_t rows = h_end > h0 ? (h_end - h0 - 1) / p.dilation_h + 1 : 0;
+        const int64_t cols = w_end > w0 ? (w_end - w0 - 1) / p.dilation_w + 1 : 0;
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < cols; ++j) {
+            const int64_t h = h0 + i * p.dilation_h, w = w0 + j * p.dilation_w;
             const T v = in[h * p.W + w];
             if (v > best || std::isnan(v)) {
               best = v;
