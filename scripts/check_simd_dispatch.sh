@@ -7,6 +7,8 @@
 #
 # Needs g++ with OpenMP and qemu-user (Debian: apt-get install qemu-user).
 set -euo pipefail
+# A preloaded runtime (the sanitizer run preloads libasan) would be loaded into qemu itself.
+unset LD_PRELOAD
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
