@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import convx
 import convx.functional as CF
 import convx.nn as cnn
 
@@ -204,7 +203,7 @@ def test_wrong_type_for_int_args(backend, op, name, value):
 
 
 def _length_cases():
-    for op, name, _positive, pairs, none_ok, _s in INT_ARGS:
+    for op, name, _positive, pairs, _none_ok, _s in INT_ARGS:
         if not pairs:
             continue
         vals = [(1, 1, 1), [1, 1, 1, 1]]

@@ -2,7 +2,6 @@
 raw kernel module's own guards. Calls that once crashed or hung run in a child
 process with a timeout, so a regression fails one test instead of the run.
 """
-import hashlib
 import os
 import subprocess
 import sys
@@ -197,7 +196,7 @@ def _reference_max_pool2d(x, k, s, p, d, ceil):
 
     def taps(o, n, k, s, p, d):
         start = o * s - p
-        first = 0 if start >= 0 else -(-(-start) // d)  # ceil(-start / d)
+        first = 0 if start >= 0 else (-start + d - 1) // d  # ceil(-start / d), exact in Python ints
         return [start + j * d for j in range(first, min(k, first + n + 1)) if 0 <= start + j * d < n]
 
     values, indices = np.empty((oh, ow), x.dtype), np.empty((oh, ow), np.int64)

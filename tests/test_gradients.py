@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-import convx
 import convx.functional as CF
 
 ALGOS = [None, "direct", "im2col"]

@@ -76,7 +76,7 @@ def test_conv2d_loads_torch_state_dict_strict(args):
     mod = _seeded(cnn.Conv2d, seed=6, **args).double()
     result = mod.load_state_dict(ref.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    for (n1, p1), (n2, p2) in zip(ref.named_parameters(), mod.named_parameters()):
+    for (_, p1), (_, p2) in zip(ref.named_parameters(), mod.named_parameters()):
         assert torch.equal(p1, p2)
     x = torch.randn(2, args["in_channels"], 7, 8, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _C, _kernels
-from ._args import (array_kind, as_int, as_pair, check_cpu, check_float, check_rank, check_same_dtype,
+from ._args import (array_kind, as_int, check_cpu, check_float, check_rank, check_same_dtype,
                     is_channels_last, non_negative_pair, positive_pair, torch)
 
 __all__ = ["conv2d", "max_pool2d", "unfold", "fold"]
