@@ -16,12 +16,9 @@
 namespace convx {
 namespace {
 
-// The reference kernels sum float32 in double: they are the yardstick, so they
-// should be at least as accurate as anything they are compared with.
-template <typename T>
-struct Accumulator {
-  typedef double type;
-};
+// The reference kernels sum in double, float32 included: they are the yardstick,
+// so they should be at least as accurate as anything they are compared with.
+using ReferenceAccumulator = double;
 
 // Waking the thread team costs microseconds on an idle machine and up to a
 // scheduler time slice on a loaded one: only worth it for real work.
@@ -69,7 +66,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection) {
 template <typename T>
 void conv2d_forward_direct_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
                                T* output) {
-  using Acc = typename Accumulator<T>::type;
+  using Acc = ReferenceAccumulator;
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
 #pragma omp parallel for collapse(2) schedule(static) if (direct_flops(p) > kParallelMinFlops)
@@ -103,7 +100,7 @@ void conv2d_forward_direct_cpu(const Conv2dParams& p, const T* input, const T* w
 template <typename T>
 void conv2d_backward_data_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
                                      T* grad_input) {
-  using Acc = typename Accumulator<T>::type;
+  using Acc = ReferenceAccumulator;
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
 #pragma omp parallel for collapse(2) schedule(static) if (direct_flops(p) > kParallelMinFlops)
@@ -140,7 +137,7 @@ void conv2d_backward_data_direct_cpu(const Conv2dParams& p, const T* grad_output
 template <typename T>
 void conv2d_backward_weight_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                        T* grad_weight) {
-  using Acc = typename Accumulator<T>::type;
+  using Acc = ReferenceAccumulator;
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
 #pragma omp parallel for collapse(2) schedule(static) if (direct_flops(p) > kParallelMinFlops)
@@ -170,7 +167,7 @@ void conv2d_backward_weight_direct_cpu(const Conv2dParams& p, const T* grad_outp
 
 template <typename T>
 void conv2d_backward_bias_cpu(const Conv2dParams& p, const T* grad_output, T* grad_bias) {
-  using Acc = typename Accumulator<T>::type;
+  using Acc = ReferenceAccumulator;
   const int64_t plane = p.out_h() * p.out_w();
 #pragma omp parallel for schedule(static) if (double(p.N) * double(p.K) * double(plane) > kParallelMinFlops)
   for (int64_t k = 0; k < p.K; ++k) {
