@@ -326,22 +326,26 @@ def test_numpy_finite_difference_max_pool2d(cfg):
     np.testing.assert_allclose(analytic, native, rtol=1e-12, atol=1e-12)
 
 
-def test_numpy_finite_difference_unfold():
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((1, 2, 4, 5))
-    kw = dict(kernel_size=(2, 3), dilation=(1, 2), padding=1, stride=(2, 1))
-
+def _check_numpy_fd(convx_op, torch_op, x, rng):
+    """Numpy central differences of a linear op vs autograd through convx and torch."""
     def f_np(x):
-        out = CF.unfold(x, **kw)
+        out = convx_op(x)
         assert isinstance(out, np.ndarray)
         return out
 
     g = rng.standard_normal(f_np(x).shape)
     fd = _fd_grad(f_np, [x], 0, g, h=1e-3)
-    analytic = _autograd_grads(lambda x: CF.unfold(x, **kw), [x], g)[0]
-    native = _autograd_grads(lambda x: F.unfold(x, **kw), [x], g)[0]
+    analytic = _autograd_grads(convx_op, [x], g)[0]
+    native = _autograd_grads(torch_op, [x], g)[0]
     np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(analytic, native, rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_finite_difference_unfold():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 4, 5))
+    kw = dict(kernel_size=(2, 3), dilation=(1, 2), padding=1, stride=(2, 1))
+    _check_numpy_fd(lambda x: CF.unfold(x, **kw), lambda x: F.unfold(x, **kw), x, rng)
 
 
 def test_numpy_finite_difference_fold():
@@ -349,18 +353,7 @@ def test_numpy_finite_difference_fold():
     kw = dict(output_size=(4, 5), kernel_size=(2, 2), dilation=1, padding=(1, 0), stride=1)
     L = _n_blocks(4, 2, 1, 1, 1) * _n_blocks(5, 2, 1, 0, 1)
     x = rng.standard_normal((1, 2 * 4, L))
-
-    def f_np(x):
-        out = CF.fold(x, **kw)
-        assert isinstance(out, np.ndarray)
-        return out
-
-    g = rng.standard_normal(f_np(x).shape)
-    fd = _fd_grad(f_np, [x], 0, g, h=1e-3)
-    analytic = _autograd_grads(lambda x: CF.fold(x, **kw), [x], g)[0]
-    native = _autograd_grads(lambda x: F.fold(x, **kw), [x], g)[0]
-    np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(analytic, native, rtol=1e-12, atol=1e-12)
+    _check_numpy_fd(lambda x: CF.fold(x, **kw), lambda x: F.fold(x, **kw), x, rng)
 
 
 # ---------------------------------------------------------------------------
