@@ -97,7 +97,7 @@ void conv2d_backward_bias(const Conv2dParams& p, const Array<T>& grad_output, Ar
 
 template <typename T>
 void max_pool2d_forward(const Pool2dParams& p, const Array<T>& input, Array<T>& output,
-                        Array<int64_t>& indices) {
+                        Array<int64_t>& indices, bool reference) {
   p.validate();
   require_size(input, p.input_numel(), "input");
   require_size(output, p.output_numel(), "output");
@@ -105,7 +105,10 @@ void max_pool2d_forward(const Pool2dParams& p, const Array<T>& input, Array<T>& 
   T* out = output.mutable_data();
   int64_t* idx = indices.mutable_data();
   py::gil_scoped_release release;
-  max_pool2d_forward_cpu<T>(p, input.data(), out, idx);
+  if (reference)
+    max_pool2d_forward_reference_cpu<T>(p, input.data(), out, idx);
+  else
+    max_pool2d_forward_cpu<T>(p, input.data(), out, idx);
 }
 
 template <typename T>
@@ -193,7 +196,7 @@ void bind_typed(py::module_& m) {
   m.def("conv2d_backward_bias", &conv2d_backward_bias<T>, py::arg("params"), py::arg("grad_output").noconvert(),
         py::arg("grad_bias").noconvert());
   m.def("max_pool2d_forward", &max_pool2d_forward<T>, py::arg("params"), py::arg("input").noconvert(),
-        py::arg("output").noconvert(), py::arg("indices").noconvert());
+        py::arg("output").noconvert(), py::arg("indices").noconvert(), py::arg("reference") = false);
   m.def("max_pool2d_backward", &max_pool2d_backward<T>, py::arg("params"), py::arg("grad_output").noconvert(),
         py::arg("indices").noconvert(), py::arg("grad_input").noconvert());
   m.def("im2col", &im2col<T>, py::arg("params"), py::arg("batch"), py::arg("input").noconvert(),

@@ -1,8 +1,16 @@
+// max_pool2d on the CPU: the readable reference, a row-vectorized fast path for
+// undilated windows (the common case), the dispatcher, and the backward scatter.
 #include "convx/max_pool2d.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CONVX_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CONVX_SIMD_CLONES
+#endif
 
 namespace convx {
 namespace {
@@ -23,10 +31,101 @@ inline void window_taps(int64_t start, int64_t kernel, int64_t dilation, int64_t
   }
 }
 
+// One output element by the sequential row-major scan that defines the semantics.
+template <typename T>
+inline void pool_window(const Pool2dParams& p, const T* in, int64_t h0, int64_t h_end, int64_t ow, T* out,
+                        int64_t* idx) {
+  int64_t w0, w_end;
+  window_taps(ow * p.stride_w - p.pad_w, p.kernel_w, p.dilation_w, p.W, w0, w_end);
+  // Validation guarantees (h0, w0) is inside the plane, so an all -inf window
+  // still reports a real position.
+  int64_t best_index = h0 * p.W + w0;
+  T best = -std::numeric_limits<T>::infinity();
+  // Count the taps instead of stepping h past h_end: with a huge dilation the
+  // step beyond the last tap would overflow.
+  const int64_t rows = h_end > h0 ? (h_end - h0 - 1) / p.dilation_h + 1 : 0;
+  const int64_t cols = w_end > w0 ? (w_end - w0 - 1) / p.dilation_w + 1 : 0;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const int64_t h = h0 + i * p.dilation_h, w = w0 + j * p.dilation_w;
+      const T v = in[h * p.W + w];
+      if (v > best || std::isnan(v)) {
+        best = v;
+        best_index = h * p.W + w;
+      }
+    }
+  *out = best;
+  *idx = best_index;
+}
+
+// Undilated windows, output columns [ow_lo, ow_hi) whose windows lie wholly
+// inside the row. The same row-major scan as pool_window, turned inside out:
+// taps outermost, output columns innermost, so each step is one branch-free
+// compare-and-select across the row of outputs, which the compiler vectorizes
+// (a stride-2 window becomes an even/odd shuffle instead of a gather).
+// SW > 0 fixes the stride at compile time; SW == 0 reads it from `stride`.
+template <typename T, int SW>
+CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int64_t h0, int64_t rows,
+                                         int64_t kw, int64_t stride, int64_t pad, int64_t ow_lo,
+                                         int64_t ow_hi, T* __restrict out, int64_t* __restrict idx) {
+  const int64_t sw = SW > 0 ? SW : stride;
+  // The first tap seeds the maximum: the reference starts from -inf and takes
+  // the first tap unless it is -inf, in which case it keeps its index anyway.
+  const T* r0 = in + h0 * W;
+  for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+    const int64_t w = ow * sw - pad;
+    out[ow] = r0[w];
+    idx[ow] = h0 * W + w;
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t base = (h0 + i) * W;
+    const T* r = in + base;
+    for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j)
+      for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+        const int64_t w = ow * sw - pad + j;
+        const T v = r[w];
+        const bool take = (v > out[ow]) | (v != v);  // v != v: NaN always wins; | not ||: no branch
+        out[ow] = take ? v : out[ow];
+        idx[ow] = take ? base + w : idx[ow];
+      }
+  }
+}
+
+template <typename T>
+void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+  const int64_t OH = p.out_h(), OW = p.out_w();
+  const int64_t planes = p.N * p.C;
+  const int64_t kw = p.kernel_w, sw = p.stride_w, pw = p.pad_w;
+  // Output columns whose window starts at or after column 0 and ends inside the row.
+  const int64_t ow_lo = std::min(OW, (pw + sw - 1) / sw);
+  const int64_t ow_hi = std::max(ow_lo, std::min(OW, p.W - kw + pw >= 0 ? (p.W - kw + pw) / sw + 1 : 0));
+  const double taps = double(planes) * double(OH) * double(OW) * double(p.kernel_h) * double(kw);
+#pragma omp parallel for schedule(static) if (taps > 65536.0)
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    const T* in = input + plane * p.H * p.W;
+    T* out = output + plane * OH * OW;
+    int64_t* idx = indices + plane * OH * OW;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      int64_t h0, h_end;
+      window_taps(oh * p.stride_h - p.pad_h, p.kernel_h, 1, p.H, h0, h_end);
+      T* out_row = out + oh * OW;
+      int64_t* idx_row = idx + oh * OW;
+      for (int64_t ow = 0; ow < ow_lo; ++ow) pool_window(p, in, h0, h_end, ow, out_row + ow, idx_row + ow);
+      if (sw == 1)
+        pool_row_interior<T, 1>(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+      else if (sw == 2)
+        pool_row_interior<T, 2>(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+      else
+        pool_row_interior<T, 0>(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+      for (int64_t ow = ow_hi; ow < OW; ++ow) pool_window(p, in, h0, h_end, ow, out_row + ow, idx_row + ow);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
-void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+void max_pool2d_forward_reference_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t planes = p.N * p.C;
   // Below this many window taps the thread team costs more than it saves.
@@ -40,31 +139,17 @@ void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, in
       // Window rows h0, h0+d, ... below h_end; skip the taps that land in padding.
       int64_t h0, h_end;
       window_taps(oh * p.stride_h - p.pad_h, p.kernel_h, p.dilation_h, p.H, h0, h_end);
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        int64_t w0, w_end;
-        window_taps(ow * p.stride_w - p.pad_w, p.kernel_w, p.dilation_w, p.W, w0, w_end);
-        // Validation guarantees (h0, w0) is inside the plane, so an all -inf
-        // window still reports a real position.
-        int64_t best_index = h0 * p.W + w0;
-        T best = -std::numeric_limits<T>::infinity();
-        // Count the taps instead of stepping h past h_end: with a huge dilation
-        // the step beyond the last tap would overflow.
-        const int64_t rows = h_end > h0 ? (h_end - h0 - 1) / p.dilation_h + 1 : 0;
-        const int64_t cols = w_end > w0 ? (w_end - w0 - 1) / p.dilation_w + 1 : 0;
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t j = 0; j < cols; ++j) {
-            const int64_t h = h0 + i * p.dilation_h, w = w0 + j * p.dilation_w;
-            const T v = in[h * p.W + w];
-            if (v > best || std::isnan(v)) {
-              best = v;
-              best_index = h * p.W + w;
-            }
-          }
-        out[oh * OW + ow] = best;
-        idx[oh * OW + ow] = best_index;
-      }
+      for (int64_t ow = 0; ow < OW; ++ow) pool_window(p, in, h0, h_end, ow, out + oh * OW + ow, idx + oh * OW + ow);
     }
   }
+}
+
+template <typename T>
+void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+  if (p.dilation_h == 1 && p.dilation_w == 1)
+    max_pool2d_forward_rows_cpu(p, input, output, indices);
+  else
+    max_pool2d_forward_reference_cpu(p, input, output, indices);
 }
 
 template <typename T>
@@ -73,26 +158,35 @@ bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const 
   const int64_t out_plane = p.out_h() * p.out_w();
   const int64_t in_plane = p.H * p.W;
   const int64_t planes = p.N * p.C;
-  // Indices come from the caller: check them all before writing anything.
+  // One thread per plane: overlapping windows add into the same input element in
+  // a fixed order, so the result is bitwise repeatable without atomics. Indices
+  // come from the caller and are checked as they are used, in the same pass (a
+  // separate validation pass would read them twice); a plane with a bad index is
+  // left partly written and the whole call reports failure.
   bool all_valid = true;
   const bool parallel = double(planes) * double(out_plane) > 65536.0;
 #pragma omp parallel for schedule(static) reduction(&& : all_valid) if (parallel)
-  for (int64_t i = 0; i < planes * out_plane; ++i) all_valid = all_valid && indices[i] >= 0 && indices[i] < in_plane;
-  if (!all_valid) return false;
-  // One thread per plane: overlapping windows add into the same input element in
-  // a fixed order, so the result is bitwise repeatable without atomics.
-#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t plane = 0; plane < planes; ++plane) {
     T* gin = grad_input + plane * in_plane;
     const T* gout = grad_output + plane * out_plane;
     const int64_t* idx = indices + plane * out_plane;
     std::fill(gin, gin + in_plane, T(0));
-    for (int64_t o = 0; o < out_plane; ++o) gin[idx[o]] += gout[o];
+    for (int64_t o = 0; o < out_plane; ++o) {
+      const int64_t i = idx[o];
+      if (i < 0 || i >= in_plane) {
+        all_valid = false;
+        break;
+      }
+      gin[i] += gout[o];
+    }
   }
+  if (!all_valid) return false;
   return true;
 }
 
 template void max_pool2d_forward_cpu<float>(const Pool2dParams&, const float*, float*, int64_t*);
+template void max_pool2d_forward_reference_cpu<float>(const Pool2dParams&, const float*, float*, int64_t*);
+template void max_pool2d_forward_reference_cpu<double>(const Pool2dParams&, const double*, double*, int64_t*);
 template void max_pool2d_forward_cpu<double>(const Pool2dParams&, const double*, double*, int64_t*);
 template bool max_pool2d_backward_cpu<float>(const Pool2dParams&, const float*, const int64_t*, float*);
 template bool max_pool2d_backward_cpu<double>(const Pool2dParams&, const double*, const int64_t*, double*);
