@@ -65,3 +65,73 @@ def test_max_pool2d_rows_matches_reference_on_wide_rows(k, s, pad):
     (y, i), (y_ref, i_ref) = _pool_both(p, x)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(i, i_ref)
+
+
+# ---- Winograd F(4x4, 3x3) ----------------------------------------------------------
+
+def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, groups=1):
+    p = _C.Conv2dParams()
+    p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, W, K, R, S
+    p.stride_h = p.stride_w = stride
+    p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pads
+    p.groups = groups
+    p.validate()
+    return p
+
+
+WINOGRAD_LAYERS = [
+    # (N, C, H, W, K, (top, bottom, left, right)): odd sizes so edge tiles are partial
+    (2, 16, 19, 19, 24, (1, 1, 1, 1)),   # an AlphaGo-body-like layer, scaled down
+    (1, 32, 13, 11, 16, (0, 0, 0, 0)),
+    (2, 16, 9, 14, 16, (2, 1, 0, 3)),    # asymmetric padding
+    (1, 16, 5, 6, 32, (3, 3, 1, 1)),     # padding > 2: negative padding in backward-data
+    (1, 192, 19, 19, 192, (1, 1, 1, 1)),  # the AlphaGo body at batch 1
+]
+
+
+@pytest.mark.parametrize("layer", WINOGRAD_LAYERS, ids=[str(c[:5]) for c in WINOGRAD_LAYERS])
+def test_winograd_error_against_float64_reference(layer):
+    N, C, H, W, K, pads = layer
+    p = _conv_params(N, C, H, W, K, pads)
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, 3, 3))
+    b = rng.standard_normal(K)
+    gy = rng.standard_normal((N, K, p.out_h(), p.out_w()))
+    y_ref = np.empty((N, K, p.out_h(), p.out_w()))
+    gx_ref = np.empty((N, C, H, W))
+    _C.conv2d_forward(p, x, w, b, y_ref, "direct")
+    _C.conv2d_backward_data(p, gy, w, gx_ref, "direct")
+    for dtype, bound in ((np.float32, 1e-4), (np.float64, 1e-12)):
+        y = np.empty(y_ref.shape, dtype)
+        gx = np.empty(gx_ref.shape, dtype)
+        assert _C.conv2d_forward(p, x.astype(dtype), w.astype(dtype), b.astype(dtype), y, "winograd") == "winograd"
+        assert _C.conv2d_backward_data(p, gy.astype(dtype), w.astype(dtype), gx, "winograd") == "winograd"
+        assert np.abs(y - y_ref).max() <= bound * np.abs(y_ref).max()
+        assert np.abs(gx - gx_ref).max() <= bound * np.abs(gx_ref).max()
+
+
+@pytest.mark.parametrize("kwargs", [dict(R=5, S=5), dict(stride=2), dict(groups=2)])
+def test_winograd_refuses_other_layers(kwargs):
+    p = _conv_params(1, 4, 9, 9, 4, (1, 1, 1, 1), **kwargs)
+    x = np.zeros((1, 4, 9, 9), np.float32)
+    w = np.zeros((4, 4 // p.groups, p.R, p.S), np.float32)
+    y = np.empty((1, 4, p.out_h(), p.out_w()), np.float32)
+    with pytest.raises(ValueError, match="algo='winograd' needs a 3x3 kernel"):
+        _C.conv2d_forward(p, x, w, None, y, "winograd")
+
+
+def test_winograd_model_trains_with_weight_gradient_by_im2col():
+    torch = pytest.importorskip("torch")
+    import convx
+    import convx.functional as F
+    x = torch.randn(2, 16, 10, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 16, 3, 3, dtype=torch.float64, requires_grad=True)
+    with convx.record_algos() as log:
+        F.conv2d(x, w, padding=1, algo="winograd").square().sum().backward()
+    assert log == ["conv2d_forward:winograd", "conv2d_backward_data:winograd", "conv2d_backward_weight:im2col"]
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    torch.nn.functional.conv2d(x2, w2, padding=1).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(w.grad, w2.grad, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda a, b: F.conv2d(a, b, padding=1, algo="winograd"),
+                                    (x[:1, :, :6, :6].detach().requires_grad_(), w.detach().requires_grad_()))

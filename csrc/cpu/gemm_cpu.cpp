@@ -5,8 +5,8 @@
 //       for ic (MC rows of A)       packed A: mc x kc, in MR-tall strips (L2)
 //         for jr, ir                MR x NR micro-tile, accumulators in registers
 //
-// The micro-kernel is written with GCC vector extensions (one 64-byte vector per
-// row of the tile) and compiled three times by target_clones: AVX-512, AVX2+FMA and
+// The micro-kernel is written with GCC vector extensions (three 64-byte vectors
+// per row of the tile) and compiled three times by target_clones: AVX-512, AVX2+FMA and
 // baseline x86-64; the loader picks the clone for the running CPU, so the same
 // binary never executes an instruction the CPU lacks.
 //
@@ -44,15 +44,21 @@ struct Vec<double> {
   typedef double type __attribute__((vector_size(64)));
 };
 
-// MR = 8 rows of accumulators: 8 of 32 zmm registers hold C, enough independent
-// FMA chains to cover the FMA latency; NR = one vector.
+// The register tile is MR x NR = 8 rows x 3 vectors: 24 accumulators + 3 B
+// vectors + 1 broadcast fill 28 of the 32 zmm registers. Two FMA pipes with a
+// 4-cycle latency need at least 8 independent chains; 24 leave slack, and each k
+// step issues 24 FMAs against 3 vector loads + 8 broadcasts, so loads never limit.
 constexpr int64_t kMR = 8;
+constexpr int64_t kNV = 3;  // vectors per row of the tile
 template <typename T>
-constexpr int64_t kNR = 64 / sizeof(T);
-// KC * NR * sizeof(T) = 16 KiB of B strip lives in L1; MC * KC of packed A in L2.
-constexpr int64_t kKC = 256;
-constexpr int64_t kMC = 96;
-constexpr int64_t kNC = 4096;
+constexpr int64_t kLanes = 64 / sizeof(T);
+template <typename T>
+constexpr int64_t kNR = kNV * kLanes<T>;
+// A kc x NR strip of packed B (128 x 48 floats = 24 KiB) stays in the 48 KiB L1
+// while the MR-tall strips of the MC x KC block of A (96 KiB) stream from L2.
+constexpr int64_t kKC = 128;
+constexpr int64_t kMC = 192;
+constexpr int64_t kNC = 4080;  // a multiple of NR for float (48) and double (24)
 
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
@@ -65,64 +71,108 @@ std::unique_ptr<T, AlignedFree> aligned_buffer(int64_t count) {
   return std::unique_ptr<T, AlignedFree>(static_cast<T*>(p));
 }
 
-// acc[MR] += A strip (kc x MR, packed row-major by k) times B strip (kc x NR).
-// Then C tile (m x n valid part) = acc (+ C when accumulate).
-template <typename T>
+// acc[MR][NV] += A strip (kc x MR, packed by k) times the first NV vectors of a
+// B strip (kc x NR, packed by k). Then C tile (m x n valid part) = acc (+ C when
+// accumulate). NV < 3 serves the last, narrower strip of a row without paying
+// for the zero padding.
+template <typename T, int NV>
 CONVX_SIMD_CLONES void micro_kernel(int64_t kc, const T* __restrict a_packed, const T* __restrict b_packed,
                                     T* __restrict C, int64_t ldc, int64_t m, int64_t n, bool accumulate) {
   typedef typename Vec<T>::type V;
-  constexpr int64_t NR = kNR<T>;
-  V acc[kMR];
-  for (int64_t i = 0; i < kMR; ++i) acc[i] = V{} ;
-  const V* b = reinterpret_cast<const V*>(b_packed);
+  constexpr int64_t L = kLanes<T>;
+  V acc[kMR][NV];
+#pragma GCC unroll 8
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
   for (int64_t p = 0; p < kc; ++p) {
-    V bv = b[p];
+    // memcpy: an unaligned load, so callers' packed buffers need no 64-byte alignment.
+    V bv[NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b_packed + (p * kNV + v) * L, sizeof(V));
     const T* a = a_packed + p * kMR;
-    for (int64_t i = 0; i < kMR; ++i) acc[i] += a[i] * bv;
+#pragma GCC unroll 8
+    for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) acc[i][v] += a[i] * bv[v];
   }
-  if (m == kMR && n == NR) {
-    for (int64_t i = 0; i < kMR; ++i) {
-      V out = acc[i];
-      if (accumulate) {
-        V c;
-        std::memcpy(&c, C + i * ldc, sizeof(V));
-        out += c;
+  if (m == kMR && n == NV * L) {
+    for (int64_t i = 0; i < kMR; ++i)
+      for (int v = 0; v < NV; ++v) {
+        V out = acc[i][v];
+        if (accumulate) {
+          V c;
+          std::memcpy(&c, C + i * ldc + v * L, sizeof(V));
+          out += c;
+        }
+        std::memcpy(C + i * ldc + v * L, &out, sizeof(V));
       }
-      std::memcpy(C + i * ldc, &out, sizeof(V));
-    }
     return;
   }
   for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = (accumulate ? C[i * ldc + j] : T(0)) + acc[i][j];
+    for (int64_t j = 0; j < n; ++j)
+      C[i * ldc + j] = (accumulate ? C[i * ldc + j] : T(0)) + acc[i][j / L][j % L];
 }
 
-// Packs op(A)[i0:i0+mc, p0:p0+kc] into MR-tall strips, each kc x MR row-major by k,
-// zero-padding the last strip so the micro-kernel never branches on m.
+// The widest kernel that covers n columns of a strip.
+template <typename T>
+void run_micro_kernel(int64_t kc, const T* a_packed, const T* b_packed, T* C, int64_t ldc, int64_t m,
+                      int64_t n, bool accumulate) {
+  constexpr int64_t L = kLanes<T>;
+  if (n > 2 * L)
+    micro_kernel<T, 3>(kc, a_packed, b_packed, C, ldc, m, n, accumulate);
+  else if (n > L)
+    micro_kernel<T, 2>(kc, a_packed, b_packed, C, ldc, m, n, accumulate);
+  else
+    micro_kernel<T, 1>(kc, a_packed, b_packed, C, ldc, m, n, accumulate);
+}
+
+// Packs op(A)[i0:i0+mr, p0:p0+kc] into one MR-tall strip, kc x MR row-major by k,
+// zero-padding the missing rows so the micro-kernel never branches on m. The
+// loops follow the source layout (contiguous reads, strided writes into the
+// small strip), whichever way A is stored.
 template <typename T>
 void pack_a_strip(bool trans_a, const T* A, int64_t lda, int64_t i0, int64_t mr, int64_t p0, int64_t kc,
                   T* dst) {
-  for (int64_t p = 0; p < kc; ++p) {
-    for (int64_t i = 0; i < mr; ++i) {
-      int64_t row = i0 + i, col = p0 + p;
-      dst[p * kMR + i] = trans_a ? A[col * lda + row] : A[row * lda + col];
+  if (trans_a) {  // op(A)[i][p] = A[p][i]: rows of A are contiguous in i
+    for (int64_t p = 0; p < kc; ++p) {
+      const T* src = A + (p0 + p) * lda + i0;
+      for (int64_t i = 0; i < mr; ++i) dst[p * kMR + i] = src[i];
+      for (int64_t i = mr; i < kMR; ++i) dst[p * kMR + i] = T(0);
     }
-    for (int64_t i = mr; i < kMR; ++i) dst[p * kMR + i] = T(0);
+    return;
   }
+  for (int64_t i = 0; i < mr; ++i) {
+    const T* src = A + (i0 + i) * lda + p0;
+    for (int64_t p = 0; p < kc; ++p) dst[p * kMR + i] = src[p];
+  }
+  for (int64_t i = mr; i < kMR; ++i)
+    for (int64_t p = 0; p < kc; ++p) dst[p * kMR + i] = T(0);
 }
 
-// Packs op(B)[p0:p0+kc, j0:j0+nr] into one kc x NR strip, zero-padded in n.
+// Packs op(B)[p0:p0+kc, j0:j0+nr] into one kc x NR strip, zero-padded in n; again
+// reading B along its contiguous axis.
 template <typename T>
 void pack_b_strip(bool trans_b, const T* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nr,
                   T* dst) {
   constexpr int64_t NR = kNR<T>;
+  if (trans_b) {  // op(B)[p][j] = B[j][p]: rows of B are contiguous in p
+    for (int64_t j = 0; j < nr; ++j) {
+      const T* src = B + (j0 + j) * ldb + p0;
+      for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p];
+    }
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t j = nr; j < NR; ++j) dst[p * NR + j] = T(0);
+    return;
+  }
   for (int64_t p = 0; p < kc; ++p) {
     T* d = dst + p * NR;
-    if (!trans_b && nr == NR) {
-      std::memcpy(d, B + (p0 + p) * ldb + j0, NR * sizeof(T));
+    const T* src = B + (p0 + p) * ldb + j0;
+    if (nr == NR) {
+      std::memcpy(d, src, NR * sizeof(T));
       continue;
     }
-    for (int64_t j = 0; j < nr; ++j)
-      d[j] = trans_b ? B[(j0 + j) * ldb + (p0 + p)] : B[(p0 + p) * ldb + (j0 + j)];
+    for (int64_t j = 0; j < nr; ++j) d[j] = src[j];
     for (int64_t j = nr; j < NR; ++j) d[j] = T(0);
   }
 }
@@ -171,14 +221,92 @@ void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const
           for (int64_t js = 0; js < n_strips; ++js)
             for (int64_t is = 0; is < m_strips; ++is) {
               const int64_t i = ic + is * kMR, j = jc + js * NR;
-              micro_kernel<T>(kc, ap + is * kMR * kc, bp + js * NR * kc, C + i * ldc + j, ldc,
-                              std::min(kMR, M - i), std::min(NR, N - j), accumulate);
+              run_micro_kernel<T>(kc, ap + is * kMR * kc, bp + js * NR * kc, C + i * ldc + j, ldc,
+                                  std::min(kMR, M - i), std::min(NR, N - j), accumulate);
             }
         }
       }
     }
   }
 }
+
+// ---- pre-packed operands ------------------------------------------------------
+// Packed A: for each KC block of the reduction (starting at p0), the MR-tall strips
+// of all M rows (padded to Mp = M rounded up to MR), each kc x MR by k. Packed B
+// likewise: for each KC block, the NR-wide strips of all N columns (padded to Np),
+// each kc x NR by k. A block starts at p0 * Mp (p0 * Np), since all earlier blocks
+// are KC deep.
+
+template <typename T>
+int64_t gemm_packed_a_size(int64_t M, int64_t K) {
+  return (M + kMR - 1) / kMR * kMR * K;
+}
+
+template <typename T>
+int64_t gemm_packed_b_size(int64_t K, int64_t N) {
+  return (N + kNR<T> - 1) / kNR<T> * kNR<T> * K;
+}
+
+template <typename T>
+PackedBRow gemm_packed_b_row(int64_t K, int64_t N, int64_t k) {
+  constexpr int64_t NR = kNR<T>;
+  const int64_t Np = (N + NR - 1) / NR * NR;
+  const int64_t p0 = k / kKC * kKC, kc = std::min(kKC, K - p0);
+  return PackedBRow{p0 * Np + (k - p0) * NR, kc * NR, NR};
+}
+
+template <typename T>
+void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
+  const int64_t Mp = (M + kMR - 1) / kMR * kMR;
+  for (int64_t p0 = 0; p0 < K; p0 += kKC) {
+    const int64_t kc = std::min(kKC, K - p0);
+    const int64_t strips = Mp / kMR;
+#pragma omp parallel for schedule(static) if (double(Mp) * double(kc) > 262144.0)
+    for (int64_t is = 0; is < strips; ++is)
+      pack_a_strip(false, A, lda, is * kMR, std::min(kMR, M - is * kMR), p0, kc, dst + p0 * Mp + is * kc * kMR);
+  }
+}
+
+template <typename T>
+void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* b_packed, T* C, int64_t ldc) {
+  constexpr int64_t NR = kNR<T>;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    return;
+  }
+  const int64_t Mp = (M + kMR - 1) / kMR * kMR, Np = (N + NR - 1) / NR * NR;
+  const int64_t m_strips = Mp / kMR, n_strips = Np / NR;
+  const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
+  // The same order of work as gemm_cpu: each thread keeps one B strip in L1 and
+  // streams the A strips of an MC block past it; K blocks run in sequence, so
+  // every C element sums in a fixed order for any thread count.
+  for (int64_t p0 = 0; p0 < K; p0 += kKC) {
+    const int64_t kc = std::min(kKC, K - p0);
+    const T* ap = a_packed + p0 * Mp;
+    const T* bp = b_packed + p0 * Np;
+    for (int64_t ic = 0; ic < m_strips; ic += kMC / kMR) {
+      const int64_t ic_end = std::min(m_strips, ic + kMC / kMR);
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+      for (int64_t js = 0; js < n_strips; ++js)
+        for (int64_t is = ic; is < ic_end; ++is) {
+          const int64_t i = is * kMR, j = js * NR;
+          run_micro_kernel<T>(kc, ap + is * kc * kMR, bp + js * kc * NR, C + i * ldc + j, ldc,
+                              std::min(kMR, M - i), std::min(NR, N - j), p0 > 0);
+        }
+    }
+  }
+}
+
+#define CONVX_INSTANTIATE_PACKED(T)                                                                    \
+  template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                           \
+  template int64_t gemm_packed_b_size<T>(int64_t, int64_t);                                           \
+  template PackedBRow gemm_packed_b_row<T>(int64_t, int64_t, int64_t);                               \
+  template void gemm_pack_a<T>(int64_t, int64_t, const T*, int64_t, T*);                              \
+  template void gemm_packed_cpu<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t);
+CONVX_INSTANTIATE_PACKED(float)
+CONVX_INSTANTIATE_PACKED(double)
+#undef CONVX_INSTANTIATE_PACKED
 
 template <typename T>
 void gemm_reference_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,

@@ -61,8 +61,9 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
     """2-D convolution (cross-correlation, as torch), like torch.nn.functional.conv2d.
 
     input (N, C, H, W) or (C, H, W); weight (K, C/groups, R, S); bias (K,) or None.
-    ``algo`` forces a kernel: 'direct' (the readable reference) or 'im2col'
-    (im2col + GEMM); None or 'auto' lets the dispatcher choose.
+    ``algo`` forces a kernel: 'direct' (the readable reference), 'im2col'
+    (im2col + GEMM) or 'winograd' (3x3 stride-1 layers); None or 'auto' lets the
+    dispatcher choose.
     """
     kind = _check_arrays({"input": input, "weight": weight}, {"bias": bias})
     check_same_dtype("input", input, "weight", weight)
