@@ -18,7 +18,7 @@ from convx import _args
 from convx import _C
 from convx import functional as cxF
 
-from cases import CONV_CASES, FOLD_CASES, POOL_CASES, ConvCase, PoolCase
+from cases import CONV_CASES, FOLD_CASES, POOL_CASES, ConvCase
 from helpers import (DTYPE_IDS, FLOAT_DTYPES, assert_bitwise_equal, assert_close, check_against_torch,
                      distinct_rand, rand)
 
