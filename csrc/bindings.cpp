@@ -207,6 +207,207 @@ void bind_typed(py::module_& m) {
 
 }  // namespace
 
+#ifdef CONVX_WITH_CUDA
+// ==== CUDA entry points ===========================================================
+// Device tensors cross as raw pointers (tensor.data_ptr()) with the device index
+// and torch's current stream for that device; the Python layer
+// (convx/_cuda_kernels.py) checks dtype, device and contiguity and allocates every
+// output and workspace with torch. What can be checked here is: the params
+// (validated first, so a bad shape never reaches a launch), the dtype name and
+// null pointers for non-empty buffers. Nothing here calls CUDA before a launch is
+// due, so these functions are safe to call on a machine without a GPU until then.
+#include "convx/conv2d_cuda.h"
+#include "convx/cuda_launch.h"
+#include "convx/im2col_cuda.h"
+#include "convx/max_pool2d_cuda.h"
+
+namespace {
+
+using Pointer = std::uintptr_t;
+
+// Calls fn(T{}) with T the C++ type of a torch dtype name.
+template <typename Fn>
+auto with_dtype(const std::string& dtype, Fn&& fn) {
+  if (dtype == "float32") return fn(float{});
+  if (dtype == "float64") return fn(double{});
+  throw py::type_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+}
+
+template <typename T>
+T* device_pointer(Pointer ptr, int64_t elements, const char* name) {
+  if (elements > 0 && ptr == 0)
+    throw std::invalid_argument(std::string(name) + " is a null pointer but must hold " + std::to_string(elements) +
+                                " elements");
+  if (ptr % alignof(T) != 0) throw std::invalid_argument(std::string(name) + " is not aligned to its dtype");
+  return reinterpret_cast<T*>(ptr);
+}
+
+CudaLaunch launch_on(int device, Pointer stream) {
+  if (device < 0) throw std::invalid_argument("device must be a CUDA device index, got " + std::to_string(device));
+  CudaLaunch launch;
+  launch.device = device;
+  launch.stream = stream;
+  return launch;
+}
+
+Conv2dDirection direction_from_name(const std::string& direction) {
+  if (direction == "forward") return Conv2dDirection::Forward;
+  if (direction == "backward_data") return Conv2dDirection::BackwardData;
+  if (direction == "backward_weight") return Conv2dDirection::BackwardWeight;
+  throw std::invalid_argument("direction must be 'forward', 'backward_data' or 'backward_weight', got '" +
+                              direction + "'");
+}
+
+void bind_cuda(py::module_& m) {
+  m.def("cuda_build_info", &cuda_build_info, "CUDA version and architectures this build was compiled for.");
+  m.def("cuda_driver_version", &cuda_driver_version, "Installed CUDA driver version (e.g. 13000), 0 if none.");
+
+  m.def("conv2d_cuda_plan", [](const Conv2dParams& p, const std::string& direction, const std::string& algo,
+                               const std::string& dtype, int64_t sm_count) {
+    const Conv2dCudaAlgo a = conv2d_cuda_algo_from_name(algo);
+    const int64_t size = with_dtype(dtype, [](auto t) { return int64_t(sizeof(t)); });
+    const Conv2dCudaPlan plan = conv2d_cuda_plan(p, direction_from_name(direction), a, size, sm_count);
+    return py::make_tuple(std::string(conv2d_cuda_algo_name(plan.algo)), plan.workspace_bytes);
+  }, py::arg("params"), py::arg("direction"), py::arg("algo"), py::arg("dtype"), py::arg("sm_count"),
+     "(algorithm that will run, workspace bytes it needs) for one conv2d CUDA call.");
+
+  m.def("conv2d_forward_cuda", [](const Conv2dParams& p, const std::string& dtype, Pointer input, Pointer weight,
+                                  Pointer bias, Pointer output, const std::string& algo, int device, Pointer stream) {
+    p.validate();
+    const Conv2dCudaAlgo a = conv2d_cuda_algo_from_name(algo);
+    const CudaLaunch launch = launch_on(device, stream);
+    return with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      const T* b = bias ? device_pointer<T>(bias, p.K, "bias") : nullptr;
+      py::gil_scoped_release release;
+      return std::string(conv2d_cuda_algo_name(conv2d_forward_cuda<T>(
+          p, device_pointer<T>(input, p.input_numel(), "input"), device_pointer<T>(weight, p.weight_numel(), "weight"),
+          b, device_pointer<T>(output, p.output_numel(), "output"), a, launch)));
+    });
+  }, py::arg("params"), py::arg("dtype"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"),
+     py::arg("algo"), py::arg("device"), py::arg("stream"));
+
+  m.def("conv2d_backward_data_cuda", [](const Conv2dParams& p, const std::string& dtype, Pointer grad_output,
+                                        Pointer weight, Pointer grad_input, const std::string& algo, int device,
+                                        Pointer stream) {
+    p.validate();
+    const Conv2dCudaAlgo a = conv2d_cuda_algo_from_name(algo);
+    const CudaLaunch launch = launch_on(device, stream);
+    return with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      py::gil_scoped_release release;
+      return std::string(conv2d_cuda_algo_name(conv2d_backward_data_cuda<T>(
+          p, device_pointer<T>(grad_output, p.output_numel(), "grad_output"),
+          device_pointer<T>(weight, p.weight_numel(), "weight"),
+          device_pointer<T>(grad_input, p.input_numel(), "grad_input"), a, launch)));
+    });
+  }, py::arg("params"), py::arg("dtype"), py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"),
+     py::arg("algo"), py::arg("device"), py::arg("stream"));
+
+  m.def("conv2d_backward_weight_cuda", [](const Conv2dParams& p, const std::string& dtype, Pointer grad_output,
+                                          Pointer input, Pointer grad_weight, const std::string& algo,
+                                          Pointer workspace, int64_t workspace_bytes, int64_t sm_count, int device,
+                                          Pointer stream) {
+    p.validate();
+    const Conv2dCudaAlgo a = conv2d_cuda_algo_from_name(algo);
+    const CudaLaunch launch = launch_on(device, stream);
+    return with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      void* ws = device_pointer<T>(workspace, workspace_bytes, "workspace");
+      py::gil_scoped_release release;
+      return std::string(conv2d_cuda_algo_name(conv2d_backward_weight_cuda<T>(
+          p, device_pointer<T>(grad_output, p.output_numel(), "grad_output"),
+          device_pointer<T>(input, p.input_numel(), "input"),
+          device_pointer<T>(grad_weight, p.weight_numel(), "grad_weight"), a, ws, workspace_bytes, sm_count,
+          launch)));
+    });
+  }, py::arg("params"), py::arg("dtype"), py::arg("grad_output"), py::arg("input"), py::arg("grad_weight"),
+     py::arg("algo"), py::arg("workspace"), py::arg("workspace_bytes"), py::arg("sm_count"), py::arg("device"),
+     py::arg("stream"));
+
+  m.def("conv2d_backward_bias_cuda", [](const Conv2dParams& p, const std::string& dtype, Pointer grad_output,
+                                        Pointer grad_bias, int device, Pointer stream) {
+    p.validate();
+    const CudaLaunch launch = launch_on(device, stream);
+    with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      py::gil_scoped_release release;
+      conv2d_backward_bias_cuda<T>(p, device_pointer<T>(grad_output, p.output_numel(), "grad_output"),
+                                   device_pointer<T>(grad_bias, p.K, "grad_bias"), launch);
+      return 0;
+    });
+  }, py::arg("params"), py::arg("dtype"), py::arg("grad_output"), py::arg("grad_bias"), py::arg("device"),
+     py::arg("stream"));
+
+  m.def("max_pool2d_forward_cuda", [](const Pool2dParams& p, const std::string& dtype, Pointer input,
+                                      Pointer output, Pointer indices, int device, Pointer stream) {
+    p.validate();
+    const CudaLaunch launch = launch_on(device, stream);
+    with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      py::gil_scoped_release release;
+      max_pool2d_forward_cuda<T>(p, device_pointer<T>(input, p.input_numel(), "input"),
+                                 device_pointer<T>(output, p.output_numel(), "output"),
+                                 device_pointer<int64_t>(indices, p.output_numel(), "indices"), launch);
+      return 0;
+    });
+  }, py::arg("params"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("indices"),
+     py::arg("device"), py::arg("stream"));
+
+  m.def("max_pool2d_backward_cuda", [](const Pool2dParams& p, const std::string& dtype, Pointer grad_output,
+                                       Pointer indices, Pointer grad_input, int device, Pointer stream) {
+    p.validate();
+    const CudaLaunch launch = launch_on(device, stream);
+    with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      py::gil_scoped_release release;
+      max_pool2d_backward_cuda<T>(p, device_pointer<T>(grad_output, p.output_numel(), "grad_output"),
+                                  device_pointer<int64_t>(indices, p.output_numel(), "indices"),
+                                  device_pointer<T>(grad_input, p.input_numel(), "grad_input"), launch);
+      return 0;
+    });
+  }, py::arg("params"), py::arg("dtype"), py::arg("grad_output"), py::arg("indices"), py::arg("grad_input"),
+     py::arg("device"), py::arg("stream"));
+
+  // Batched: image N x C x H x W, columns N x (C*kh*kw) x L.
+  m.def("im2col_cuda", [](const Im2colParams& p, int64_t N, const std::string& dtype, Pointer image, Pointer col,
+                          int device, Pointer stream) {
+    p.validate();
+    if (N < 0) throw std::invalid_argument("batch size must be non-negative, got " + std::to_string(N));
+    const int64_t image_numel = checked_product({N, p.C, p.H, p.W}, "input size");
+    const int64_t col_numel = checked_product({N, p.col_rows(), p.col_cols()}, "output size");
+    const CudaLaunch launch = launch_on(device, stream);
+    with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      py::gil_scoped_release release;
+      im2col_cuda<T>(p, N, device_pointer<T>(image, image_numel, "input"), device_pointer<T>(col, col_numel, "output"),
+                     launch);
+      return 0;
+    });
+  }, py::arg("params"), py::arg("batch"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("device"),
+     py::arg("stream"));
+
+  m.def("col2im_cuda", [](const Im2colParams& p, int64_t N, const std::string& dtype, Pointer col, Pointer image,
+                          int device, Pointer stream) {
+    p.validate();
+    if (N < 0) throw std::invalid_argument("batch size must be non-negative, got " + std::to_string(N));
+    const int64_t image_numel = checked_product({N, p.C, p.H, p.W}, "output size");
+    const int64_t col_numel = checked_product({N, p.col_rows(), p.col_cols()}, "input size");
+    const CudaLaunch launch = launch_on(device, stream);
+    with_dtype(dtype, [&](auto t) {
+      using T = decltype(t);
+      py::gil_scoped_release release;
+      col2im_cuda<T>(p, N, device_pointer<T>(col, col_numel, "input"),
+                     device_pointer<T>(image, image_numel, "output"), launch);
+      return 0;
+    });
+  }, py::arg("params"), py::arg("batch"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("device"),
+     py::arg("stream"));
+}
+
+}  // namespace
+#endif  // CONVX_WITH_CUDA
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "convx kernels (C++). Use convx.functional; this module trusts nothing but checks only sizes.";
 
@@ -274,8 +475,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("max_threads", &max_threads, "OpenMP threads a kernel started from this thread uses.");
   m.attr("__version__") = CONVX_VERSION;
   m.attr("build_type") = CONVX_BUILD_TYPE;
+
+  // ==== CUDA (keep this block last) ====
 #ifdef CONVX_WITH_CUDA
   m.attr("has_cuda") = true;
+  bind_cuda(m);
 #else
   m.attr("has_cuda") = false;
 #endif

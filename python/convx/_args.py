@@ -13,6 +13,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from . import _C
+
 try:  # torch is optional: numpy users only need the kernels.
     import torch
 except ImportError:  # pragma: no cover - exercised only without torch
@@ -111,11 +113,31 @@ def check_same_dtype(ref_name: str, ref: Any, name: str, a: Any) -> None:
         raise TypeError(f"{name} dtype {dtype_name(a)} does not match {ref_name} dtype {dtype_name(ref)}")
 
 
-def check_cpu(name: str, a: Any) -> None:
-    """The kernels in this build run on the host: a tensor elsewhere is refused."""
-    if is_tensor(a) and a.device.type != "cpu":
-        raise ValueError(f"{name} is on device {a.device}, but convx runs on the CPU only in this build "
-                         f"(convx.has_cuda is False); move it with .cpu()")
+def check_device(name: str, a: Any) -> None:
+    """The kernels run on the host, and on CUDA devices in a build with CUDA: a tensor elsewhere is refused."""
+    if not is_tensor(a) or a.device.type == "cpu":
+        return
+    if a.device.type == "cuda" and _C.has_cuda:
+        return
+    if _C.has_cuda:
+        raise ValueError(f"{name} is on device {a.device}, but convx runs on the CPU and on CUDA devices only; "
+                         f"move it with .cpu() or .cuda()")
+    raise ValueError(f"{name} is on device {a.device}, but convx runs on the CPU only in this build "
+                     f"(convx.has_cuda is False: it was built without CUDA); move it with .cpu()")
+
+
+def check_same_device(arrays: Dict[str, Any]) -> None:
+    """All tensor arguments of one call must live on one device (no implicit copies)."""
+    devices = {name: a.device for name, a in arrays.items() if is_tensor(a)}
+    if len(set(devices.values())) > 1:
+        first = next(iter(devices))
+        other = next(n for n, d in devices.items() if d != devices[first])
+        raise ValueError(f"{other} is on device {devices[other]} but {first} is on device {devices[first]}: "
+                         f"all tensor arguments must be on the same device")
+
+
+def is_cuda(a: Any) -> bool:
+    return is_tensor(a) and a.device.type == "cuda"
 
 
 def check_rank(name: str, a: Any, ranks: Tuple[int, ...], what: str) -> None:

@@ -19,12 +19,15 @@ differentiation:
 
 max-pool's backward is a scatter through the argmax, whose adjoint is a gather;
 unfold (im2col) and fold (col2im) are each other's adjoints.
+
+Tensors on a CUDA device go to the CUDA kernels (_cuda_kernels, which take and
+return device tensors) instead; the graph above is the same on both devices.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _kernels
+from . import _cuda_kernels, _kernels
 
 
 def _np(t: torch.Tensor):
@@ -36,10 +39,12 @@ class Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, params, algo):
-        out = _kernels.conv2d_forward(params, _np(input), _np(weight),
-                                      None if bias is None else _np(bias), algo)
         ctx.save_for_backward(input, weight)
         ctx.params, ctx.algo, ctx.has_bias = params, algo, bias is not None
+        if input.is_cuda:
+            return _cuda_kernels.conv2d_forward(params, input, weight, bias, algo)
+        out = _kernels.conv2d_forward(params, _np(input), _np(weight),
+                                      None if bias is None else _np(bias), algo)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -64,6 +69,8 @@ class Conv2dBackwardDataFunction(torch.autograd.Function):
     def forward(ctx, grad_output, weight, params, algo):
         ctx.save_for_backward(grad_output, weight)
         ctx.params, ctx.algo = params, algo
+        if grad_output.is_cuda:
+            return _cuda_kernels.conv2d_backward_data(params, grad_output, weight, algo)
         return torch.from_numpy(_kernels.conv2d_backward_data(params, _np(grad_output), _np(weight), algo))
 
     @staticmethod
@@ -86,6 +93,8 @@ class Conv2dBackwardWeightFunction(torch.autograd.Function):
     def forward(ctx, grad_output, input, params, algo):
         ctx.save_for_backward(grad_output, input)
         ctx.params, ctx.algo = params, algo
+        if grad_output.is_cuda:
+            return _cuda_kernels.conv2d_backward_weight(params, grad_output, input, algo)
         return torch.from_numpy(_kernels.conv2d_backward_weight(params, _np(grad_output), _np(input), algo))
 
     @staticmethod
@@ -107,6 +116,8 @@ class Conv2dBackwardBiasFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad_output, params):
         ctx.shape = grad_output.shape
+        if grad_output.is_cuda:
+            return _cuda_kernels.conv2d_backward_bias(params, grad_output)
         return torch.from_numpy(_kernels.conv2d_backward_bias(params, _np(grad_output)))
 
     @staticmethod
@@ -117,12 +128,14 @@ class Conv2dBackwardBiasFunction(torch.autograd.Function):
 class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, params):
-        out, indices = _kernels.max_pool2d_forward(params, _np(input))
-        indices = torch.from_numpy(indices)
+        if input.is_cuda:
+            out, indices = _cuda_kernels.max_pool2d_forward(params, input)
+        else:
+            out, indices = map(torch.from_numpy, _kernels.max_pool2d_forward(params, _np(input)))
         ctx.save_for_backward(indices)
         ctx.params = params
         ctx.mark_non_differentiable(indices)
-        return torch.from_numpy(out), indices
+        return out, indices
 
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
@@ -136,6 +149,8 @@ class MaxPool2dBackwardFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, grad_output, indices, params):
         ctx.save_for_backward(indices)
+        if grad_output.is_cuda:
+            return _cuda_kernels.max_pool2d_backward(params, grad_output, indices)
         return torch.from_numpy(_kernels.max_pool2d_backward(params, _np(grad_output), _np(indices)))
 
     @staticmethod
@@ -151,6 +166,8 @@ class UnfoldFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, params):
         ctx.params = params
+        if input.is_cuda:
+            return _cuda_kernels.im2col(params, input.shape[0], input)
         return torch.from_numpy(_kernels.im2col(params, input.shape[0], _np(input)))
 
     @staticmethod
@@ -164,6 +181,8 @@ class FoldFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, params):
         ctx.params = params
+        if input.is_cuda:
+            return _cuda_kernels.col2im(params, input.shape[0], input)
         return torch.from_numpy(_kernels.col2im(params, input.shape[0], _np(input)))
 
     @staticmethod

@@ -26,6 +26,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cuda_rows() -> List[Tuple[str, str]]:
+    """Driver and visible devices, for a build with CUDA (asked only here, never at import)."""
+    if not convx.has_cuda:
+        return []
+    driver = convx._C.cuda_driver_version()
+    rows = [("CUDA driver", f"{driver // 1000}.{driver % 1000 // 10}" if driver else "none found")]
+    try:
+        import torch
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(count))
+        rows.append(("CUDA devices", f"{count}" + (f" ({names})" if names else " visible to torch")))
+    except ImportError:
+        pass
+    return rows
+
+
 def info() -> int:
     try:
         import torch
@@ -37,7 +53,8 @@ def info() -> int:
         ("build type", convx.build_type),
         ("SIMD level", convx.simd_level()),
         ("threads", f"{convx.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"),
-        ("CUDA compiled in", "yes" if convx.has_cuda else "no"),
+        ("CUDA compiled in", f"yes ({convx._C.cuda_build_info()})" if convx.has_cuda else "no"),
+        *_cuda_rows(),
         ("CPU", _cpu_model()),
         ("python", platform.python_version()),
         ("numpy", np.__version__),

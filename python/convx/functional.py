@@ -11,8 +11,8 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _C, _kernels
-from ._args import (array_kind, as_int, check_cpu, check_float, check_rank, check_same_dtype,
-                    is_channels_last, non_negative_pair, positive_pair, torch)
+from ._args import (array_kind, as_int, check_device, check_float, check_rank, check_same_device,
+                    check_same_dtype, is_channels_last, is_cuda, non_negative_pair, positive_pair, torch)
 
 __all__ = ["conv2d", "max_pool2d", "unfold", "fold"]
 
@@ -21,10 +21,11 @@ IntPair = Union[int, Tuple[int, int]]
 
 def _check_arrays(required: dict, optional: Optional[dict] = None) -> str:
     kind = array_kind(required, optional)
-    for name, a in list(required.items()) + list((optional or {}).items()):
-        if a is not None:
-            check_float(name, a)
-            check_cpu(name, a)
+    arrays = dict(required, **{name: a for name, a in (optional or {}).items() if a is not None})
+    for name, a in arrays.items():
+        check_float(name, a)
+        check_device(name, a)
+    check_same_device(arrays)
     return kind
 
 
@@ -63,7 +64,8 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
     input (N, C, H, W) or (C, H, W); weight (K, C/groups, R, S); bias (K,) or None.
     ``algo`` forces a kernel: 'direct' (the readable reference), 'im2col'
     (im2col + GEMM) or 'winograd' (3x3 stride-1 layers); None or 'auto' lets the
-    dispatcher choose.
+    dispatcher choose. For CUDA tensors the choices are 'direct' (the GPU
+    reference) and 'implicit_gemm'.
     """
     kind = _check_arrays({"input": input, "weight": weight}, {"bias": bias})
     check_same_dtype("input", input, "weight", weight)
@@ -80,7 +82,10 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
     algo = "auto" if algo is None else algo
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a str or None, got {algo!r} of type {type(algo).__name__}")
-    if algo not in _kernels.CONV2D_ALGOS:
+    if is_cuda(input):  # the CUDA kernels have their own algorithms
+        from ._cuda_kernels import check_algo
+        check_algo(algo)
+    elif algo not in _kernels.CONV2D_ALGOS:
         raise ValueError(f"algo must be one of {_kernels.CONV2D_ALGOS}, got {algo!r}")
 
     batched = input.ndim == 4
