@@ -1,5 +1,6 @@
 // Row-major single-precision / double-precision GEMM used by the im2col paths.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace convx {
@@ -32,6 +33,16 @@ struct PackedBRow {
 };
 template <typename T>
 PackedBRow gemm_packed_b_row(int64_t K, int64_t N, int64_t k);
+// Where A[m][k] (M x K) lives in its packed buffer, for callers that write A
+// packed directly: padding rows (m >= M, up to padded_m) must be written as zero.
+struct PackedALayout {
+  int64_t padded_m, K, mr, kc;
+  int64_t at(int64_t m, int64_t k) const {
+    const int64_t p0 = k / kc * kc, depth = std::min(kc, K - p0);
+    return p0 * padded_m + (m / mr) * depth * mr + (k - p0) * mr + m % mr;
+  }
+};
+PackedALayout gemm_packed_a_layout(int64_t M, int64_t K);
 // Packs the row-major M x K matrix A (row stride lda).
 template <typename T>
 void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "convx/conv2d.h"
@@ -43,28 +44,39 @@ constexpr int64_t kXi = kPatch * kPatch;
 // GEMMs to amortize packing U, little enough to stay near the caches.
 constexpr double kBlockBytes = 8.0 * 1024 * 1024;
 
-// U[xi][o][i] = (G g G^T)[xi] for the filter g from input channel i to output
-// channel o. `rotate` reads the filter of the backward-data convolution from the
+// U[xi] = the packed GEMM operand (out_channels x in_channels, a_size elements
+// apart) holding (G g G^T)[xi] for the filter g from input channel i to output
+// channel o, written straight into the packed layout. `rotate` reads the filter of the backward-data convolution from the
 // forward weight: g[r][s] = weight[i][o][2 - r][2 - s]. Filters go in chunks laid
 // out lane by lane (g[r][s][e]), so every step below is a vector operation across
 // kChunk filters, and each of the 36 output rows is written in contiguous runs.
 template <typename T>
 void transform_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate, T* U) {
+  const PackedALayout layout = gemm_packed_a_layout(out_channels, in_channels);
+  const int64_t a_size = gemm_packed_a_size<T>(out_channels, in_channels);
   const T G[6][3] = {{T(1.0 / 4), 0, 0},
                      {T(-1.0 / 6), T(-1.0 / 6), T(-1.0 / 6)},
                      {T(-1.0 / 6), T(1.0 / 6), T(-1.0 / 6)},
                      {T(1.0 / 24), T(1.0 / 12), T(1.0 / 6)},
                      {T(1.0 / 24), T(-1.0 / 12), T(1.0 / 6)},
                      {0, 0, 1}};
-  const int64_t plane = out_channels * in_channels;
-  constexpr int64_t kChunk = 64;
-  const int64_t chunks = (plane + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (plane > 4096)
+  // Chunks of 8 output channels (one MR strip of the packed layout) x 8 input
+  // channels: in the packed layout such a chunk is one contiguous run per xi, so
+  // all writes are sequential. Lane e holds o = o0 + e % 8, i = i0 + e / 8; lanes
+  // with o past the last channel hold zero, which the padding rows need.
+  constexpr int64_t kChunk = 64, kRows = 8;
+  static_assert(kChunk % kRows == 0, "a chunk is whole rows of the strip");
+  const int64_t strips = layout.padded_m / layout.mr, i_blocks = (in_channels + kRows - 1) / kRows;
+  const int64_t chunks = strips * i_blocks;
+  if (layout.mr * kRows > kChunk) throw std::logic_error("transform_filters: chunk smaller than a packed strip");
+#pragma omp parallel for schedule(static) if (out_channels * in_channels > 4096)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const int64_t first = chunk * kChunk, count = std::min(kChunk, plane - first);
+    const int64_t o0 = (chunk / i_blocks) * layout.mr, i0 = (chunk % i_blocks) * kRows;
+    const int64_t count = std::min(kRows, in_channels - i0) * layout.mr;
     T g[3][3][kChunk] = {};
     for (int64_t e = 0; e < count; ++e) {
-      const int64_t oi = first + e, o = oi / in_channels, i = oi % in_channels;
+      const int64_t o = o0 + e % layout.mr, i = i0 + e / layout.mr;
+      if (o >= out_channels) continue;
       for (int r = 0; r < 3; ++r)
         for (int s = 0; s < 3; ++s)
           g[r][s][e] = rotate ? weight[((i * out_channels + o) * 3 + 2 - r) * 3 + 2 - s]
@@ -75,47 +87,52 @@ void transform_filters(const T* weight, int64_t out_channels, int64_t in_channel
       for (int s = 0; s < 3; ++s)
         for (int64_t e = 0; e < kChunk; ++e)
           Gg[a][s][e] = G[a][0] * g[0][s][e] + G[a][1] * g[1][s][e] + G[a][2] * g[2][s][e];
-    T u[kXi][kChunk];  // (G g) G^T
+    const int64_t at = layout.at(o0, i0);
     for (int a = 0; a < 6; ++a)
-      for (int b = 0; b < 6; ++b)
-        for (int64_t e = 0; e < kChunk; ++e)
-          u[a * 6 + b][e] = Gg[a][0][e] * G[b][0] + Gg[a][1][e] * G[b][1] + Gg[a][2][e] * G[b][2];
-    for (int64_t xi = 0; xi < kXi; ++xi) std::copy(u[xi], u[xi] + count, U + xi * plane + first);
+      for (int b = 0; b < 6; ++b) {
+        T* dst = U + (a * 6 + b) * a_size + at;  // (G g) G^T
+        for (int64_t e = 0; e < count; ++e)
+          dst[e] = Gg[a][0][e] * G[b][0] + Gg[a][1][e] * G[b][1] + Gg[a][2][e] * G[b][2];
+      }
   }
 }
 
 // The 36 transformed filter matrices, each packed for the GEMM's A operand.
 template <typename T>
 std::unique_ptr<T[]> transformed_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate) {
-  const int64_t plane = out_channels * in_channels, a_size = gemm_packed_a_size<T>(out_channels, in_channels);
-  std::unique_ptr<T[]> U(new T[kXi * plane]), packed(new T[kXi * a_size]);
-  transform_filters(weight, out_channels, in_channels, rotate, U.get());
-  for (int64_t xi = 0; xi < kXi; ++xi)
-    gemm_pack_a<T>(out_channels, in_channels, U.get() + xi * plane, in_channels, packed.get() + xi * a_size);
+  std::unique_ptr<T[]> packed(new T[kXi * gemm_packed_a_size<T>(out_channels, in_channels)]);
+  transform_filters(weight, out_channels, in_channels, rotate, packed.get());
   return packed;
 }
 
-// y[0..5] = B^T x[0..5], with x and y strided (the same code serves rows and columns).
+// y[0..5][t] = B^T x[0..5][t] for t in [0, n): six rows of n tiles each, `stride`
+// apart. The loop runs across tiles, so every line is one vector operation.
 template <typename T>
-inline void input_transform_1d(const T* x, int64_t xs, T* y, int64_t ys) {
-  const T x0 = x[0], x1 = x[xs], x2 = x[2 * xs], x3 = x[3 * xs], x4 = x[4 * xs], x5 = x[5 * xs];
-  y[0] = T(4) * x0 - T(5) * x2 + x4;
-  y[ys] = -T(4) * (x1 + x2) + x3 + x4;
-  y[2 * ys] = T(4) * (x1 - x2) - x3 + x4;
-  y[3 * ys] = T(2) * (x3 - x1) - x2 + x4;
-  y[4 * ys] = T(2) * (x1 - x3) - x2 + x4;
-  y[5 * ys] = T(4) * x1 - T(5) * x3 + x5;
+inline void input_transform_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
+            x5 = x[5 * xs + t];
+    y[t] = T(4) * x0 - T(5) * x2 + x4;
+    y[ys + t] = -T(4) * (x1 + x2) + x3 + x4;
+    y[2 * ys + t] = T(4) * (x1 - x2) - x3 + x4;
+    y[3 * ys + t] = T(2) * (x3 - x1) - x2 + x4;
+    y[4 * ys + t] = T(2) * (x1 - x3) - x2 + x4;
+    y[5 * ys + t] = T(4) * x1 - T(5) * x3 + x5;
+  }
 }
 
-// y[0..3] = A^T x[0..5].
+// y[0..3][t] = A^T x[0..5][t], likewise across tiles.
 template <typename T>
-inline void output_transform_1d(const T* x, int64_t xs, T* y, int64_t ys) {
-  const T x0 = x[0], x1 = x[xs], x2 = x[2 * xs], x3 = x[3 * xs], x4 = x[4 * xs], x5 = x[5 * xs];
-  const T p12 = x1 + x2, m12 = x1 - x2, p34 = x3 + x4, m34 = x3 - x4;
-  y[0] = x0 + p12 + p34;
-  y[ys] = m12 + T(2) * m34;
-  y[2 * ys] = p12 + T(4) * p34;
-  y[3 * ys] = m12 + T(8) * m34 + x5;
+inline void output_transform_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
+            x5 = x[5 * xs + t];
+    const T p12 = x1 + x2, m12 = x1 - x2, p34 = x3 + x4, m34 = x3 - x4;
+    y[t] = x0 + p12 + p34;
+    y[ys + t] = m12 + T(2) * m34;
+    y[2 * ys + t] = p12 + T(4) * p34;
+    y[3 * ys + t] = m12 + T(8) * m34 + x5;
+  }
 }
 
 struct WinogradShape {
@@ -146,8 +163,6 @@ void winograd_f4x3(const WinogradShape& sh, const T* input, const T* U_packed, c
   const int64_t a_size = gemm_packed_a_size<T>(K, C);
   // Uninitialized (new T[], not std::vector): every element is written before it is read.
   std::unique_ptr<T[]> V(new T[kXi * gemm_packed_b_size<T>(C, max_tiles)]), M(new T[kXi * K * max_tiles]);
-  // Padded width of one tile row's input span: tw tiles of 4 plus the 2-column overlap.
-  const int64_t span = tw * kTile + 2;
   const bool parallel = double(C + K) * double(max_tiles) > 16384.0;
 
   for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
@@ -156,44 +171,49 @@ void winograd_f4x3(const WinogradShape& sh, const T* input, const T* U_packed, c
     const int64_t b_size = gemm_packed_b_size<T>(C, tiles);
     const int64_t padded_tiles = b_size / C;
 
-    // Input transform: V[xi][c][t]. Columns first (B^T d, vectorized across the
-    // row), then each tile's 6 columns (d' B).
+    // Input transform, one channel at a time across all tiles of the block: gather
+    // the 6x6 patches lane by lane (d[u][v][t]), then B^T d (over u) and (.) B
+    // (over v) as vector operations across tiles, then copy each of the 36 rows
+    // into the GEMM's packed-B layout, a strip-wide run at a time.
 #pragma omp parallel if (parallel)
     {
-      std::vector<T> patch_rows(kPatch * span), colt(kPatch * span);
-#pragma omp for collapse(2) schedule(static)
-      for (int64_t c = 0; c < C; ++c)
+      std::unique_ptr<T[]> d(new T[kXi * tiles]), e(new T[kXi * tiles]);
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) {
         for (int64_t rb = 0; rb < rows; ++rb) {
           const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
           const T* plane = input + (n * C + c) * sh.H * sh.W;
-          for (int64_t j = 0; j < kPatch; ++j) {
-            const int64_t h = tr * kTile - sh.pad_top + j;
-            T* dst = patch_rows.data() + j * span;
-            if (h < 0 || h >= sh.H) {
-              std::fill(dst, dst + span, T(0));
-              continue;
-            }
+          for (int64_t u = 0; u < kPatch; ++u) {
+            const int64_t h = tr * kTile - sh.pad_top + u;
+            const bool row_inside = h >= 0 && h < sh.H;
             const T* src = plane + h * sh.W;
-            for (int64_t x = 0; x < span; ++x) {
-              const int64_t w = x - sh.pad_left;
-              dst[x] = (w >= 0 && w < sh.W) ? src[w] : T(0);
+            for (int64_t v = 0; v < kPatch; ++v) {
+              T* dst = d.get() + (u * kPatch + v) * tiles + rb * tw;
+              for (int64_t j = 0; j < tw; ++j) {
+                const int64_t w = j * kTile - sh.pad_left + v;
+                dst[j] = (row_inside && w >= 0 && w < sh.W) ? src[w] : T(0);
+              }
             }
           }
-          for (int64_t x = 0; x < span; ++x) input_transform_1d(patch_rows.data() + x, span, colt.data() + x, span);
-          const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
-          T* v = V.get();
-          for (int64_t i = 0; i < kPatch; ++i)
-            for (int64_t t = 0; t < tw; ++t) {
-              T out[kPatch];
-              input_transform_1d(colt.data() + i * span + t * kTile, 1, out, 1);
-              const int64_t at = row.at(rb * tw + t);
-              for (int64_t j = 0; j < kPatch; ++j) v[(i * kPatch + j) * b_size + at] = out[j];
-            }
-          // The padding columns of the last strip must read as zero.
-          if (rb == rows - 1)
-            for (int64_t xi = 0; xi < kXi; ++xi)
-              for (int64_t t = tiles; t < padded_tiles; ++t) v[xi * b_size + row.at(t)] = T(0);
         }
+        // e[i][v] = sum_u B^T[i][u] d[u][v]: for each v, the six u-rows are kPatch rows apart.
+        for (int64_t v = 0; v < kPatch; ++v)
+          input_transform_rows(d.get() + v * tiles, kPatch * tiles, e.get() + v * tiles, kPatch * tiles, tiles);
+        // V[i][j] = sum_v e[i][v] B[v][j]: for each i, the six v-rows are adjacent.
+        for (int64_t i = 0; i < kPatch; ++i)
+          input_transform_rows(e.get() + i * kPatch * tiles, tiles, d.get() + i * kPatch * tiles, tiles, tiles);
+        const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
+        for (int64_t xi = 0; xi < kXi; ++xi) {
+          T* dst = V.get() + xi * b_size;
+          const T* src = d.get() + xi * tiles;
+          for (int64_t t0 = 0; t0 < padded_tiles; t0 += row.nr) {
+            const int64_t count = std::min(row.nr, tiles - t0);
+            T* strip = dst + row.at(t0);
+            std::copy(src + t0, src + t0 + count, strip);
+            std::fill(strip + count, strip + row.nr, T(0));  // the padding columns of the last strip
+          }
+        }
+      }
     }
 
     // 36 independent products, each threaded inside the GEMM.
@@ -201,34 +221,40 @@ void winograd_f4x3(const WinogradShape& sh, const T* input, const T* U_packed, c
       gemm_packed_cpu<T>(K, tiles, C, U_packed + xi * a_size, V.get() + xi * b_size, M.get() + xi * K * tiles,
                          tiles);
 
-    // Output transform: each tile's 6x6 block of M through A^T (rows), then the
-    // 6 rows through A^T (columns), crop to the image, add the bias.
+    // Output transform, one filter at a time across all tiles of the block:
+    // (.) A over the six columns, then A^T over the six rows, as vector
+    // operations across tiles; then crop each 4x4 tile into the image and add
+    // the bias.
 #pragma omp parallel if (parallel)
     {
-      std::vector<T> rowt(kPatch * tw * kTile), out_rows(kTile * tw * kTile);
-#pragma omp for collapse(2) schedule(static)
-      for (int64_t k = 0; k < K; ++k)
+      std::unique_ptr<T[]> f(new T[kPatch * kTile * tiles]), y(new T[kTile * kTile * tiles]);
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < K; ++k) {
+        const T* m = M.get() + k * tiles;  // m[xi][t] = m[xi * K * tiles + t]
+        // f[i][j'] = sum_j m[i][j] A[j][j']: the six j-rows of one i are K*tiles apart.
+        for (int64_t i = 0; i < kPatch; ++i)
+          output_transform_rows(m + i * kPatch * K * tiles, K * tiles, f.get() + i * kTile * tiles, tiles, tiles);
+        // y[r][j'] = sum_i A^T[r][i] f[i][j']: for each j', the six i-rows are kTile rows apart.
+        for (int64_t jj = 0; jj < kTile; ++jj)
+          output_transform_rows(f.get() + jj * tiles, kTile * tiles, y.get() + jj * tiles, kTile * tiles, tiles);
+        const T b = bias ? bias[k] : T(0);
         for (int64_t rb = 0; rb < rows; ++rb) {
           const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
-          const T* m = M.get() + k * tiles + rb * tw;
-          for (int64_t i = 0; i < kPatch; ++i)
-            for (int64_t t = 0; t < tw; ++t) {
-              T in6[kPatch];
-              for (int64_t j = 0; j < kPatch; ++j) in6[j] = m[(i * kPatch + j) * K * tiles + t];
-              output_transform_1d(in6, 1, rowt.data() + i * tw * kTile + t * kTile, 1);
-            }
-          const int64_t width = tw * kTile;
-          for (int64_t x = 0; x < width; ++x) output_transform_1d(rowt.data() + x, width, out_rows.data() + x, width);
-          const T b = bias ? bias[k] : T(0);
           T* plane = output + (n * K + k) * sh.OH * sh.OW;
           for (int64_t r = 0; r < kTile; ++r) {
             const int64_t oh = tr * kTile + r;
             if (oh >= sh.OH) break;
-            const T* src = out_rows.data() + r * width;
             T* dst = plane + oh * sh.OW;
-            for (int64_t ow = 0; ow < sh.OW; ++ow) dst[ow] = src[ow] + b;
+            for (int64_t jj = 0; jj < kTile; ++jj) {
+              const T* src = y.get() + (r * kTile + jj) * tiles + rb * tw;
+              for (int64_t j = 0; j < tw; ++j) {
+                const int64_t ow = j * kTile + jj;
+                if (ow < sh.OW) dst[ow] = src[j] + b;
+              }
+            }
           }
         }
+      }
     }
   }
 }

@@ -255,6 +255,10 @@ PackedBRow gemm_packed_b_row(int64_t K, int64_t N, int64_t k) {
   return PackedBRow{p0 * Np + (k - p0) * NR, kc * NR, NR};
 }
 
+PackedALayout gemm_packed_a_layout(int64_t M, int64_t K) {
+  return PackedALayout{(M + kMR - 1) / kMR * kMR, K, kMR, kKC};
+}
+
 template <typename T>
 void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
   const int64_t Mp = (M + kMR - 1) / kMR * kMR;
