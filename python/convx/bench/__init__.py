@@ -59,6 +59,12 @@ def main(args: argparse.Namespace) -> int:
     """Run the suite for parsed ``convx bench`` arguments; 1 if a row FAILED."""
     import dataclasses
 
+    try:
+        import torch  # noqa: F401  (every row is compared with torch)
+    except ImportError:
+        print("convx bench compares convx with torch, which is not installed: "
+              "pip install torch==2.13.0 (CPU build), then pip install 'convx[bench]'", file=sys.stderr)
+        return 2
     from . import report
     from .cases import select_cases
     from .suite import FULL_PLAN, QUICK_PLAN, all_threads, run_suite
