@@ -196,6 +196,8 @@ def test_cli_writes_table_and_files(tmp_path, capsys):
 
     doc = json.loads((out / "results.json").read_text())
     assert doc["machine"]["torch"] == torch.__version__ and doc["machine"]["threads"] == [1]
+    assert doc["machine"]["command"] == ("convx bench --quick --threads 1 --filter 'lenet1 fwd' "
+                                         "--filter 'lenet2 fwd' --budget 0.05")
     assert float(doc["fp32_peak_flops"]["1"]) > 0
     assert len(doc["rows"]) == 2 and len(doc["targets"]) == 6
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

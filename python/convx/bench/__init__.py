@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
 DEFAULT_OUT = "convx-bench"
 
@@ -53,6 +53,20 @@ def parse_threads(spec: str, available: int) -> List[int]:
         if n not in counts:
             counts.append(n)
     return counts
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The options that shape the results, as a command to repeat the run."""
+    parts = ["convx bench"]
+    if args.quick:
+        parts.append("--quick")
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    for substring in args.filter or []:
+        parts.append(f"--filter '{substring}'")
+    if args.budget is not None:
+        parts.append(f"--budget {args.budget:g}")
+    return " ".join(parts)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -102,8 +116,9 @@ def main(args: argparse.Namespace) -> int:
           f"{plan.budget_s:g} s timing budget per row; validating each against torch first")
     write(report.table_header())
     try:
-        result = run_suite(cases, threads, plan, peak_seconds=0.3 if args.quick else 1.0,
-                           on_row=lambda row: write(report.table_row(row)), progress=progress)
+        result = run_suite(cases, threads, plan, peak_seconds=0.5 if args.quick else 1.5,
+                           on_row=lambda row: write(report.table_row(row)), progress=progress,
+                           command=command_line(args))
     finally:
         if progress is not None:
             progress.close()

@@ -176,7 +176,7 @@ def markdown(result: Dict[str, object], targets: Sequence[Target]) -> str:
            f"- CPU: {m['cpu']}, {m['cores_available']} cores available, SIMD {m['simd']}",
            f"- threads: {', '.join(str(t) for t in m['threads'])}",
            f"- torch {m['torch']}, convx {m['convx']} ({m['convx_build']}), python {m['python']}",
-           f"- measured FP32 peak: " + ", ".join(f"{float(f) / 1e9:.0f} GFLOP/s at {t} thread(s)"
+           "- measured FP32 peak: " + ", ".join(f"{float(f) / 1e9:.0f} GFLOP/s at {t} thread(s)"
                                                  for t, f in result["peaks"].items()),
            f"- date: {m['date']}, wall time {m['wall_s']:.0f} s", "",
            "| case | shape | threads | convx ms | torch ms | speed | convx GFLOP/s | torch GFLOP/s "
