@@ -66,11 +66,16 @@ def all_threads() -> int:
         return os.cpu_count() or 1
 
 
-def measure_peaks(threads: Sequence[int], seconds: float, tries: int = 5) -> Dict[int, float]:
-    """Measured FP32 FLOP/s for each thread count: the best of a few short tries,
-    since other work on the machine can only lower the rate of a pure FMA loop."""
-    return {t: max(_C.measure_fp32_peak(seconds / tries, t)["flops_per_second"] for _ in range(tries))
-            for t in threads}
+def measure_peak(threads: int, seconds: float, tries: int = 5) -> float:
+    """Measured FP32 FLOP/s at a thread count: the best of a few short tries, since
+    other work on the machine can only lower the rate of a pure FMA loop."""
+    return max(_C.measure_fp32_peak(seconds / tries, threads)["flops_per_second"] for _ in range(tries))
+
+
+def _set_peak_fractions(row: Row, peak_flops: Optional[float]) -> None:
+    if row.flops and peak_flops and row.convx_ms and row.torch_ms:
+        row.convx_peak_pct = 100 * row.flops / (row.convx_ms / 1e3) / peak_flops
+        row.torch_peak_pct = 100 * row.flops / (row.torch_ms / 1e3) / peak_flops
 
 
 def machine_info() -> Dict[str, object]:
@@ -121,9 +126,7 @@ def run_case(case: Case, threads: int, plan: TimingPlan, peak_flops: Optional[fl
         if work.flops:
             row.convx_gflops = work.flops / t_cx.seconds / 1e9
             row.torch_gflops = work.flops / t_th.seconds / 1e9
-            if peak_flops:
-                row.convx_peak_pct = 100 * work.flops / t_cx.seconds / peak_flops
-                row.torch_peak_pct = 100 * work.flops / t_th.seconds / peak_flops
+        _set_peak_fractions(row, peak_flops)
         if measure_memory:
             work.reset()
             cx = memory.peak_extra_bytes(work.run_convx)
@@ -148,7 +151,7 @@ def run_suite(cases: Sequence[Case], thread_counts: Sequence[int], plan: TimingP
     advanced once per row.
     """
     start = time.perf_counter()
-    peaks = measure_peaks(thread_counts, peak_seconds)
+    peaks = {t: measure_peak(t, peak_seconds) for t in thread_counts}
     rows: List[Row] = []
     initial_torch_threads = torch.get_num_threads()
     initial_convx_threads = convx.get_num_threads()
@@ -159,6 +162,10 @@ def run_suite(cases: Sequence[Case], thread_counts: Sequence[int], plan: TimingP
                     progress.set_description(f"{case.name} @{threads}t")
                 row = run_case(case, threads, plan, peaks.get(threads), measure_memory)
                 rows.append(row)
+                # Another short try after every row: on a busy machine the peak
+                # seen at the start can be low, and % of peak would then top 100.
+                peaks[threads] = max(peaks[threads], measure_peak(threads, 0.05, tries=1))
+                _set_peak_fractions(row, peaks[threads])
                 if on_row is not None:
                     on_row(row)
                 if progress is not None:
@@ -166,6 +173,8 @@ def run_suite(cases: Sequence[Case], thread_counts: Sequence[int], plan: TimingP
     finally:
         torch.set_num_threads(initial_torch_threads)
         convx.set_num_threads(initial_convx_threads)
+    for row in rows:  # against the best peak seen during the whole run
+        _set_peak_fractions(row, peaks.get(row.threads))
     info = machine_info()
     info["command"] = command
     info["threads"] = list(thread_counts)

@@ -3,7 +3,9 @@
 The functions take turns (A B, then B A, ...), so a change in clock speed, a noisy
 neighbour or a warming cache hits every side alike; each side's time is the median
 of its samples, which shrugs off the occasional preempted run. Rounds continue until
-the time budget is spent (and at least min_rounds are done). Functions faster than
+the time budget is spent (and at least min_rounds are done; when calls are so slow,
+on a loaded machine, that min_rounds would take over four budgets, three rounds
+do, so one slow row cannot stretch the run without bound). Functions faster than
 min_sample_s are called several times per sample so the clock's resolution and the
 Python call do not dominate.
 """
@@ -57,7 +59,9 @@ def time_interleaved(fns: Sequence[Callable[[], object]], plan: TimingPlan) -> L
             order = range(len(fns)) if round_index % 2 == 0 else reversed(range(len(fns)))
             for i in order:
                 samples[i].append(_time_sample(fns[i], calls[i]))
-            if round_index + 1 >= plan.min_rounds and time.perf_counter() - start >= plan.budget_s:
+            rounds, elapsed = round_index + 1, time.perf_counter() - start
+            if elapsed >= plan.budget_s and (rounds >= plan.min_rounds or
+                                             (rounds >= 3 and elapsed >= 4 * plan.budget_s)):
                 break
     finally:
         if gc_was_enabled:
