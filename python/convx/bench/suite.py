@@ -23,7 +23,7 @@ from convx.cli import _cpu_model as cpu_model
 from . import memory
 from .cases import Case
 from .timing import TimingPlan, time_interleaved
-from .validation import ValidationError
+from .validation import ValidationError, compare_all
 from .workloads import build_workload
 
 QUICK_PLAN = TimingPlan(budget_s=0.25, min_rounds=3, max_rounds=200, warmup_calls=1)
@@ -108,14 +108,26 @@ def _algo_text(calls: Dict[str, int]) -> str:
 
 
 def run_case(case: Case, threads: int, plan: TimingPlan, peak_flops: Optional[float],
-             measure_memory: bool = True) -> Row:
+             measure_memory: bool = True, references: Optional[dict] = None, seed: int = 0) -> Row:
+    """Validate, then time one case at one thread count. references caches float64
+    results between calls (the same case at another thread count)."""
     row = Row(case.name, case.kind, case.dims, threads)
     set_threads(threads)
     try:
-        work = build_workload(case)
+        work = build_workload(case, seed)
         row.flops = work.flops
+        # The float64 reference does not depend on the thread count: computed once.
+        key = (case.name, seed)
+        if references is None or key not in references:
+            ref = work.results("float64")
+            if references is not None:
+                references[key] = ref
+        else:
+            ref = references[key]
         with convx.record_algos() as log:
-            errors = work.check()
+            convx_results = work.results("convx")
+        errors = compare_all(convx_results, work.results("torch"), ref, work.rtol)
+        del convx_results
         row.max_rel_err = max(errors.values()) if errors else 0.0
         row.algo_calls = _algo_summary(log)
         row.algo = _algo_text(row.algo_calls)
@@ -153,6 +165,8 @@ def run_suite(cases: Sequence[Case], thread_counts: Sequence[int], plan: TimingP
     start = time.perf_counter()
     peaks = {t: measure_peak(t, peak_seconds) for t in thread_counts}
     rows: List[Row] = []
+    # float64 references are reused by the next thread count (kept only when there is one).
+    references: Optional[dict] = {} if len(thread_counts) > 1 else None
     initial_torch_threads = torch.get_num_threads()
     initial_convx_threads = convx.get_num_threads()
     try:
@@ -160,7 +174,7 @@ def run_suite(cases: Sequence[Case], thread_counts: Sequence[int], plan: TimingP
             for case in cases:
                 if progress is not None:
                     progress.set_description(f"{case.name} @{threads}t")
-                row = run_case(case, threads, plan, peaks.get(threads), measure_memory)
+                row = run_case(case, threads, plan, peaks.get(threads), measure_memory, references)
                 rows.append(row)
                 # Another short try after every row: on a busy machine the peak
                 # seen at the start can be low, and % of peak would then top 100.

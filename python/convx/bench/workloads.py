@@ -36,16 +36,20 @@ from convx import functional as cxF
 
 from .cases import Case, ConvShape, conv_shape_flops
 from .models import MODELS, model_flops, model_inputs
-from .validation import MODEL_RTOL, OP_RTOL, compare_all
+from .validation import MODEL_RTOL, OP_RTOL
+
+
+SIDES = ("convx", "torch", "float64")
 
 
 @dataclass
 class Workload:
     run_convx: Callable[[], object]
     run_torch: Callable[[], object]
-    # Runs both sides once, compares, returns each result's relative error;
-    # raises validation.ValidationError when they differ.
-    check: Callable[[], Dict[str, float]]
+    # results(side) runs one call for side "convx", "torch" or "float64" (torch on
+    # float64 copies of the same data: the reference) and returns its named results.
+    results: Callable[[str], Dict[str, object]]
+    rtol: float = OP_RTOL
     flops: Optional[int] = None
     # Drops state a call leaves behind for the next (accumulated .grad tensors), so
     # a memory measurement starts from the inputs alone.
@@ -73,33 +77,34 @@ def _conv_workload(case: Case, gen: torch.Generator) -> Workload:
     x_np, w_np, gy_np = x.numpy(), w.numpy(), gy.numpy()
     stride, pad, dil = [s.stride] * 2, [s.pad] * 2, [1, 1]
 
+    def torch_op(x, w, gy):
+        if case.direction == "forward":
+            return torch.nn.functional.conv2d(x, w, None, s.stride, s.pad, 1, s.groups)
+        mask = [case.direction == "backward_data", case.direction == "backward_weight", False]
+        grads = torch.ops.aten.convolution_backward(gy, x, w, None, stride, pad, dil, False, [0, 0], s.groups, mask)
+        return grads[0] if case.direction == "backward_data" else grads[1]
+
     if case.direction == "forward":
         def run_convx():
             return cxF.conv2d(x, w, None, s.stride, s.pad, 1, s.groups)
-
-        def run_torch():
-            return torch.nn.functional.conv2d(x, w, None, s.stride, s.pad, 1, s.groups)
     elif case.direction == "backward_data":
         def run_convx():
             return _kernels.conv2d_backward_data(p, gy_np, w_np, "auto")
-
-        def run_torch():
-            return torch.ops.aten.convolution_backward(gy, x, w, None, stride, pad, dil, False, [0, 0],
-                                                       s.groups, [True, False, False])[0]
     elif case.direction == "backward_weight":
         def run_convx():
             return _kernels.conv2d_backward_weight(p, gy_np, x_np, "auto")
-
-        def run_torch():
-            return torch.ops.aten.convolution_backward(gy, x, w, None, stride, pad, dil, False, [0, 0],
-                                                       s.groups, [False, True, False])[1]
     else:
         raise ValueError(f"unknown conv direction {case.direction!r}")
 
-    def check():
-        return compare_all([(case.direction, run_convx(), run_torch())], OP_RTOL)
+    def run_torch():
+        return torch_op(x, w, gy)
 
-    return Workload(run_convx, run_torch, check, flops=conv_shape_flops(s))
+    def results(side):
+        if side == "float64":
+            return {case.direction: torch_op(x.double(), w.double(), gy.double())}
+        return {case.direction: run_convx() if side == "convx" else run_torch()}
+
+    return Workload(run_convx, run_torch, results, flops=conv_shape_flops(s))
 
 
 def _pool_workload(case: Case, gen: torch.Generator) -> Workload:
@@ -110,7 +115,7 @@ def _pool_workload(case: Case, gen: torch.Generator) -> Workload:
     gy = torch.randn(s.N, s.C, P, Q, generator=gen)
     fmt = torch.channels_last if case.torch_layout == "channels_last" else torch.contiguous_format
     x_cx = x.clone().requires_grad_()
-    x_th = x.contiguous(memory_format=fmt).requires_grad_()
+    x_th = x.clone(memory_format=fmt).requires_grad_()  # a copy: x itself stays a plain tensor
     gy_th = gy.contiguous(memory_format=fmt)
 
     def run_convx():
@@ -125,14 +130,20 @@ def _pool_workload(case: Case, gen: torch.Generator) -> Workload:
         y.backward(gy_th)
         return y, x_th.grad
 
-    def check():
-        (y_cx, g_cx), (y_th, g_th) = run_convx(), run_torch()
-        return compare_all([("output", y_cx, y_th), ("grad_input", g_cx, g_th)], OP_RTOL)
+    def run_float64():
+        x64 = x.double().requires_grad_()
+        y = torch.nn.functional.max_pool2d(x64, s.kernel, s.stride, s.pad)
+        y.backward(gy.double())
+        return y, x64.grad
+
+    def results(side):
+        y, g = {"convx": run_convx, "torch": run_torch, "float64": run_float64}[side]()
+        return {"output": y, "grad_input": g}
 
     def reset():
         x_cx.grad = x_th.grad = None
 
-    return Workload(run_convx, run_torch, check, reset=reset)
+    return Workload(run_convx, run_torch, results, reset=reset)
 
 
 def _model_workload(case: Case, gen: torch.Generator) -> Workload:
@@ -143,18 +154,25 @@ def _model_workload(case: Case, gen: torch.Generator) -> Workload:
     train = case.mode == "train"
     flops = model_flops(model_th, x, train)
 
+    def side_model(side):
+        # The float64 twin is made on demand, from weights no step has changed yet.
+        if side == "float64":
+            return copy.deepcopy(model_th).double(), x.double()
+        return (model_cx if side == "convx" else model_th), x
+
     if not train:
         model_th.eval()
         model_cx.eval()
 
-        def infer(model):
+        def infer(model, inputs):
             with torch.no_grad():
-                return model(x)
+                return model(inputs)
 
-        def check():
-            return compare_all([("output", infer(model_cx), infer(model_th))], MODEL_RTOL)
+        def results(side):
+            return {"output": infer(*side_model(side))}
 
-        return Workload(lambda: infer(model_cx), lambda: infer(model_th), check, flops=flops)
+        return Workload(lambda: infer(model_cx, x), lambda: infer(model_th, x), results, rtol=MODEL_RTOL,
+                        flops=flops)
 
     loss_fn = torch.nn.CrossEntropyLoss()
     opt_th = torch.optim.SGD(model_th.parameters(), lr=0.01)
@@ -167,38 +185,31 @@ def _model_workload(case: Case, gen: torch.Generator) -> Workload:
         opt.step()
         return loss
 
-    def check():
-        # Loss and every gradient of one step from the same weights (checked before
-        # the update, which would mix the gradients' errors into the weights).
-        pairs = []
-        for model in (model_cx, model_th):
-            model.zero_grad(set_to_none=True)
-        loss_cx = loss_fn(model_cx(x), target)
-        loss_cx.backward()
-        loss_th = loss_fn(model_th(x), target)
-        loss_th.backward()
-        pairs.append(("loss", loss_cx, loss_th))
-        # One comparison per layer, its weight and bias gradients together: the last
-        # AlphaGo layer's bias gradient is a sum over all 361 move logits, which
-        # cancels to zero exactly (softmax), so on its own it has no scale to be
-        # relative to.
+    def results(side):
+        # Loss and gradients of one step (before the update, which would mix the
+        # gradients' errors into the weights). One result per layer, its weight and
+        # bias gradients together: the last AlphaGo layer's bias gradient is a sum
+        # over all 361 move logits, which cancels to zero exactly (softmax), so on its
+        # own it has no scale to be relative to.
+        model, inputs = side_model(side)
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), target)
+        loss.backward()
+        out: Dict[str, object] = {"loss": loss}
         layers: Dict[str, List[torch.Tensor]] = {}
-        for (name, p_cx), p_th in zip(model_cx.named_parameters(), model_th.parameters()):
-            layers.setdefault(name.rsplit(".", 1)[0], []).append((p_cx.grad, p_th.grad))
+        for name, param in model.named_parameters():
+            layers.setdefault(name.rsplit(".", 1)[0], []).append(param.grad.reshape(-1))
         for layer, grads in layers.items():
-            pairs.append((f"layer {layer} gradients", torch.cat([g.reshape(-1) for g, _ in grads]),
-                          torch.cat([g.reshape(-1) for _, g in grads])))
-        errors = compare_all(pairs, MODEL_RTOL)
-        for model in (model_cx, model_th):
-            model.zero_grad(set_to_none=True)
-        return errors
+            out[f"layer {layer} gradients"] = torch.cat(grads)
+        model.zero_grad(set_to_none=True)
+        return out
 
     def reset():
         for opt in (opt_cx, opt_th):
             opt.zero_grad(set_to_none=True)
 
-    return Workload(lambda: step(model_cx, opt_cx), lambda: step(model_th, opt_th), check, flops=flops,
-                    reset=reset)
+    return Workload(lambda: step(model_cx, opt_cx), lambda: step(model_th, opt_th), results, rtol=MODEL_RTOL,
+                    flops=flops, reset=reset)
 
 
 def build_workload(case: Case, seed: int = 0) -> Workload:
