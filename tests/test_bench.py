@@ -137,6 +137,13 @@ def test_a_crashing_kernel_marks_the_row_failed(monkeypatch):
     assert row.status == "FAILED" and "kernel exploded" in row.error
 
 
+def test_run_case_restores_thread_counts():
+    torch_before, convx_before = torch.get_num_threads(), convx.get_num_threads()
+    other = 2 if torch_before == 1 else 1
+    run_case(_case("conv lenet1 fwd"), other, TINY_PLAN, peak_flops=None, measure_memory=False)
+    assert (torch.get_num_threads(), convx.get_num_threads()) == (torch_before, convx_before)
+
+
 def test_row_records_algorithm_and_peak_fraction():
     row = run_case(_case("conv lenet1 fwd"), 1, TINY_PLAN, peak_flops=1e12, measure_memory=False)
     assert row.status == "ok", row.error

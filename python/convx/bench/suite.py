@@ -112,6 +112,7 @@ def run_case(case: Case, threads: int, plan: TimingPlan, peak_flops: Optional[fl
     """Validate, then time one case at one thread count. references caches float64
     results between calls (the same case at another thread count)."""
     row = Row(case.name, case.kind, case.dims, threads)
+    threads_before = torch.get_num_threads(), convx.get_num_threads()
     set_threads(threads)
     try:
         work = build_workload(case, seed)
@@ -151,6 +152,9 @@ def run_case(case: Case, threads: int, plan: TimingPlan, peak_flops: Optional[fl
     except Exception as e:  # a crashing case must not stop the suite; the row says why
         row.status = "FAILED"
         row.error = f"{type(e).__name__}: {e} | " + traceback.format_exc(limit=3).replace("\n", " ")
+    finally:
+        torch.set_num_threads(threads_before[0])
+        convx.set_num_threads(threads_before[1])
     return row
 
 
@@ -167,26 +171,20 @@ def run_suite(cases: Sequence[Case], thread_counts: Sequence[int], plan: TimingP
     rows: List[Row] = []
     # float64 references are reused by the next thread count (kept only when there is one).
     references: Optional[dict] = {} if len(thread_counts) > 1 else None
-    initial_torch_threads = torch.get_num_threads()
-    initial_convx_threads = convx.get_num_threads()
-    try:
-        for threads in thread_counts:
-            for case in cases:
-                if progress is not None:
-                    progress.set_description(f"{case.name} @{threads}t")
-                row = run_case(case, threads, plan, peaks.get(threads), measure_memory, references)
-                rows.append(row)
-                # Another short try after every row: on a busy machine the peak
-                # seen at the start can be low, and % of peak would then top 100.
-                peaks[threads] = max(peaks[threads], measure_peak(threads, 0.05, tries=1))
-                _set_peak_fractions(row, peaks[threads])
-                if on_row is not None:
-                    on_row(row)
-                if progress is not None:
-                    progress.update(1)
-    finally:
-        torch.set_num_threads(initial_torch_threads)
-        convx.set_num_threads(initial_convx_threads)
+    for threads in thread_counts:
+        for case in cases:
+            if progress is not None:
+                progress.set_description(f"{case.name} @{threads}t")
+            row = run_case(case, threads, plan, peaks.get(threads), measure_memory, references)
+            rows.append(row)
+            # Another short try after every row: on a busy machine the peak
+            # seen at the start can be low, and % of peak would then top 100.
+            peaks[threads] = max(peaks[threads], measure_peak(threads, 0.05, tries=1))
+            _set_peak_fractions(row, peaks[threads])
+            if on_row is not None:
+                on_row(row)
+            if progress is not None:
+                progress.update(1)
     for row in rows:  # against the best peak seen during the whole run
         _set_peak_fractions(row, peaks.get(row.threads))
     info = machine_info()
