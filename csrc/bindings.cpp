@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <omp.h>
 
 #include <cstdint>
 #include <optional>
@@ -14,6 +15,7 @@
 
 #include "convx/conv2d.h"
 #include "convx/cpu_info.h"
+#include "convx/fp32_peak.h"
 #include "convx/gemm.h"
 #include "convx/im2col.h"
 #include "convx/max_pool2d.h"
@@ -473,6 +475,25 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("params"), py::arg("direction"));
   m.def("simd_level", &simd_level, "Instruction set the SIMD kernels use on this CPU.");
   m.def("max_threads", &max_threads, "OpenMP threads a kernel started from this thread uses.");
+  // ---- benchmark support: the machine's FP32 peak and the thread count at run time ----
+  m.def("measure_fp32_peak", [](double seconds, int threads) {
+    Fp32PeakResult r;
+    {
+      py::gil_scoped_release release;
+      r = measure_fp32_peak_cpu(seconds, threads);
+    }
+    py::dict d;
+    d["flops_per_second"] = r.flops_per_second;
+    d["seconds"] = r.seconds;
+    d["threads"] = r.threads;
+    d["simd"] = r.simd;
+    return d;
+  }, py::arg("seconds") = 0.5, py::arg("threads") = 0,
+     "FP32 FLOP/s of an FMA loop on `threads` OpenMP threads (0: all) timed for `seconds`.");
+  m.def("set_num_threads", [](int n) {
+    if (n <= 0) throw std::invalid_argument("threads must be positive, got " + std::to_string(n));
+    omp_set_num_threads(n);
+  }, py::arg("threads"), "Threads later convx kernels started from the calling thread use (omp_set_num_threads).");
   m.attr("__version__") = CONVX_VERSION;
   m.attr("build_type") = CONVX_BUILD_TYPE;
 

@@ -20,8 +20,18 @@ def simd_level() -> str:
 
 
 def get_num_threads() -> int:
-    """OpenMP threads a convx kernel uses (set with OMP_NUM_THREADS before import)."""
+    """OpenMP threads a convx kernel uses (OMP_NUM_THREADS before import, or set_num_threads)."""
     return _C.max_threads()
+
+
+def set_num_threads(threads: int) -> None:
+    """Use ``threads`` OpenMP threads in convx kernels started from the calling Python
+    thread from now on (like torch.set_num_threads; other threads keep their own setting)."""
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be an int, got {threads!r} of type {type(threads).__name__}")
+    if threads <= 0:
+        raise ValueError(f"threads must be positive, got {threads}")
+    _C.set_num_threads(threads)
 
 
 def __getattr__(name):
@@ -33,4 +43,4 @@ def __getattr__(name):
 
 
 __all__ = ["functional", "nn", "record_algos", "has_cuda", "build_type", "simd_level", "get_num_threads",
-           "__version__"]
+           "set_num_threads", "__version__"]

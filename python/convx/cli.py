@@ -165,9 +165,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print version, build type, SIMD level, threads and CUDA support")
     sub.add_parser("selfcheck", help="run the seed chapter's worked example and gradient checks")
+    from convx import bench
+    bench.add_arguments(sub.add_parser("bench", help="benchmark convx against torch (CPU) and check the targets"))
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
+    if args.command == "bench":
+        return bench.main(args)
     return selfcheck()
 
 
