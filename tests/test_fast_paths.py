@@ -89,49 +89,78 @@ WINOGRAD_LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("layer", WINOGRAD_LAYERS, ids=[str(c[:5]) for c in WINOGRAD_LAYERS])
-def test_winograd_error_against_float64_reference(layer):
-    N, C, H, W, K, pads = layer
-    p = _conv_params(N, C, H, W, K, pads)
-    rng = np.random.default_rng(1)
+WINOGRAD_ALGOS = ["winograd_4x4", "winograd_2x2"]
+
+
+def _float64_and_float32_runs(p, algo, seed=1):
+    N, C, H, W, K = p.N, p.C, p.H, p.W, p.K
+    rng = np.random.default_rng(seed)
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, 3, 3))
     b = rng.standard_normal(K)
     gy = rng.standard_normal((N, K, p.out_h(), p.out_w()))
-    y_ref = np.empty((N, K, p.out_h(), p.out_w()))
-    gx_ref = np.empty((N, C, H, W))
-    _C.conv2d_forward(p, x, w, b, y_ref, "direct")
-    _C.conv2d_backward_data(p, gy, w, gx_ref, "direct")
-    for dtype, bound in ((np.float32, 1e-4), (np.float64, 1e-12)):
-        y = np.empty(y_ref.shape, dtype)
-        gx = np.empty(gx_ref.shape, dtype)
-        assert _C.conv2d_forward(p, x.astype(dtype), w.astype(dtype), b.astype(dtype), y, "winograd") == "winograd"
-        assert _C.conv2d_backward_data(p, gy.astype(dtype), w.astype(dtype), gx, "winograd") == "winograd"
-        assert np.abs(y - y_ref).max() <= bound * np.abs(y_ref).max()
-        assert np.abs(gx - gx_ref).max() <= bound * np.abs(gx_ref).max()
+    out = {}
+    for dtype, a in ((np.float64, "direct"), (np.float64, algo), (np.float32, "direct"), (np.float32, algo)):
+        y = np.empty((N, K, p.out_h(), p.out_w()), dtype)
+        gx = np.empty((N, C, H, W), dtype)
+        assert _C.conv2d_forward(p, x.astype(dtype), w.astype(dtype), b.astype(dtype), y, a) == a
+        assert _C.conv2d_backward_data(p, gy.astype(dtype), w.astype(dtype), gx, a) == a
+        out[(np.dtype(dtype).name, a)] = (y, gx)
+    return out
 
 
+def _rel_err(a, ref):
+    return np.abs(a.astype(np.float64) - ref).max() / np.abs(ref).max()
+
+
+@pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
+@pytest.mark.parametrize("layer", WINOGRAD_LAYERS, ids=[str(c[:5]) for c in WINOGRAD_LAYERS])
+def test_winograd_error_against_float64_reference(layer, algo):
+    N, C, H, W, K, pads = layer
+    p = _conv_params(N, C, H, W, K, pads)
+    runs = _float64_and_float32_runs(p, algo)
+    for i in range(2):  # forward output, then backward-data
+        ref = runs[("float64", "direct")][i]
+        assert _rel_err(runs[("float64", algo)][i], ref) <= 1e-12
+        assert _rel_err(runs[("float32", algo)][i], ref) <= 1e-4
+
+
+def test_winograd_2x2_error_close_to_im2col():
+    # The reason the dispatcher prefers F(2x2): its float32 error stays within a
+    # small factor of a float32 GEMM's (im2col), where F(4x4)'s is over 10x above.
+    # (The direct reference sums in double, so it is no float32 yardstick.)
+    p = _conv_params(1, 192, 19, 19, 192, (1, 1, 1, 1))
+    f2, f4, gemm = (_float64_and_float32_runs(p, a) for a in ("winograd_2x2", "winograd_4x4", "im2col"))
+    for i in range(2):
+        ref = gemm[("float64", "direct")][i]
+        gemm_err = _rel_err(gemm[("float32", "im2col")][i], ref)
+        assert _rel_err(f2[("float32", "winograd_2x2")][i], ref) <= 4 * gemm_err
+        assert _rel_err(f4[("float32", "winograd_4x4")][i], ref) > 10 * gemm_err
+
+
+@pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
 @pytest.mark.parametrize("kwargs", [dict(R=5, S=5), dict(stride=2), dict(groups=2)])
-def test_winograd_refuses_other_layers(kwargs):
+def test_winograd_refuses_other_layers(kwargs, algo):
     p = _conv_params(1, 4, 9, 9, 4, (1, 1, 1, 1), **kwargs)
     x = np.zeros((1, 4, 9, 9), np.float32)
     w = np.zeros((4, 4 // p.groups, p.R, p.S), np.float32)
     y = np.empty((1, 4, p.out_h(), p.out_w()), np.float32)
-    with pytest.raises(ValueError, match="algo='winograd' needs a 3x3 kernel"):
-        _C.conv2d_forward(p, x, w, None, y, "winograd")
+    with pytest.raises(ValueError, match=f"algo='{algo}' needs a 3x3 kernel"):
+        _C.conv2d_forward(p, x, w, None, y, algo)
 
 
-def test_winograd_model_trains_with_weight_gradient_by_im2col():
+@pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
+def test_winograd_model_trains_with_weight_gradient_by_im2col(algo):
     torch = pytest.importorskip("torch")
     import convx
     import convx.functional as F
     x = torch.randn(2, 16, 10, 10, dtype=torch.float64, requires_grad=True)
     w = torch.randn(8, 16, 3, 3, dtype=torch.float64, requires_grad=True)
     with convx.record_algos() as log:
-        F.conv2d(x, w, padding=1, algo="winograd").square().sum().backward()
-    assert log == ["conv2d_forward:winograd", "conv2d_backward_data:winograd", "conv2d_backward_weight:im2col"]
+        F.conv2d(x, w, padding=1, algo=algo).square().sum().backward()
+    assert log == [f"conv2d_forward:{algo}", f"conv2d_backward_data:{algo}", "conv2d_backward_weight:im2col"]
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     torch.nn.functional.conv2d(x2, w2, padding=1).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-10, atol=1e-10)
-    assert torch.autograd.gradcheck(lambda a, b: F.conv2d(a, b, padding=1, algo="winograd"),
+    assert torch.autograd.gradcheck(lambda a, b: F.conv2d(a, b, padding=1, algo=algo),
                                     (x[:1, :, :6, :6].detach().requires_grad_(), w.detach().requires_grad_()))

@@ -7,7 +7,7 @@
 
 namespace convx {
 
-enum class Conv2dAlgo { Auto, Direct, Im2col, Winograd };
+enum class Conv2dAlgo { Auto, Direct, Im2col, Winograd4x4, Winograd2x2 };
 
 Conv2dAlgo conv2d_algo_from_name(const std::string& name);  // throws on unknown names
 const char* conv2d_algo_name(Conv2dAlgo algo);
@@ -18,8 +18,8 @@ enum class Conv2dDirection { Forward, BackwardData, BackwardWeight };
 Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction);
 
 // Each entry point resolves Auto through conv2d_choose_algo and returns the
-// algorithm that actually ran. Winograd exists for forward and backward-data of
-// 3x3 stride-1 layers: asking for it elsewhere raises, except for backward-weight,
+// algorithm that actually ran. Winograd (both tile sizes) exists for forward and backward-data of
+// 3x3 stride-1 layers: asking for it on other layers raises, except for backward-weight,
 // which then runs im2col (so a model forced to 'winograd' still trains).
 
 // output = conv(input, weight) + bias (bias may be null).
@@ -52,14 +52,15 @@ template <typename T>
 void conv2d_backward_weight_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                        T* grad_weight);
 
-// ---- Winograd F(4x4, 3x3): 3x3 filters, stride 1, dilation 1, one group ----------
+// ---- Winograd F(tile x tile, 3x3), tile 4 or 2: 3x3 filters, stride 1, dilation 1,
+// one group -------------------------------------------------------------------------
 bool conv2d_winograd_applies(const Conv2dParams& p);
 template <typename T>
 void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
-                                 T* output);
+                                 T* output, int64_t tile);
 template <typename T>
 void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
-                                       T* grad_input);
+                                       T* grad_input, int64_t tile);
 
 // ---- im2col + GEMM ---------------------------------------------------------------
 template <typename T>

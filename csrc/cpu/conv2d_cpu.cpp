@@ -42,8 +42,10 @@ Conv2dAlgo conv2d_algo_from_name(const std::string& name) {
   if (name == "auto") return Conv2dAlgo::Auto;
   if (name == "direct") return Conv2dAlgo::Direct;
   if (name == "im2col") return Conv2dAlgo::Im2col;
-  if (name == "winograd") return Conv2dAlgo::Winograd;
-  throw std::invalid_argument("algo must be one of 'auto', 'direct', 'im2col', 'winograd', got '" + name + "'");
+  if (name == "winograd_4x4") return Conv2dAlgo::Winograd4x4;
+  if (name == "winograd_2x2") return Conv2dAlgo::Winograd2x2;
+  throw std::invalid_argument(
+      "algo must be one of 'auto', 'direct', 'im2col', 'winograd_4x4', 'winograd_2x2', got '" + name + "'");
 }
 
 const char* conv2d_algo_name(Conv2dAlgo algo) {
@@ -51,7 +53,8 @@ const char* conv2d_algo_name(Conv2dAlgo algo) {
     case Conv2dAlgo::Auto: return "auto";
     case Conv2dAlgo::Direct: return "direct";
     case Conv2dAlgo::Im2col: return "im2col";
-    case Conv2dAlgo::Winograd: return "winograd";
+    case Conv2dAlgo::Winograd4x4: return "winograd_4x4";
+    case Conv2dAlgo::Winograd2x2: return "winograd_2x2";
   }
   return "unknown";
 }
@@ -61,23 +64,27 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // is smaller than its 8-row micro-tile, so lowering to a GEMM only adds the
   // im2col copy; the direct loops do the same arithmetic without it.
   if (p.filters_per_group() <= 2) return Conv2dAlgo::Direct;
-  // Winograd does 4x fewer multiplies but pays two transforms per tile and one
-  // per filter, into a transformed weight 4x the size of the weight. With few
-  // channels the tile transforms dominate; with few 4x4 tiles in the batch the
-  // filter transform does (a 7x7 image at batch 8 has 32 tiles; the AlphaGo board
-  // at batch 1 has 25), and im2col + GEMM wins.
-  const int64_t tiles = p.N * ((p.out_h() + 3) / 4) * ((p.out_w() + 3) / 4);
+  // Winograd F(2x2, 3x3) does 2.25x fewer multiplies than im2col + GEMM at about
+  // the same float32 error (F(4x4) does 4x fewer, but with ~20x the rounding
+  // error, which compounds through deep stacks: opt-in only). It pays a transform
+  // per tile, so it needs enough channels to amortize it, and one per filter, so
+  // it needs enough 2x2 tiles in the batch (measured on one core: the AlphaGo body
+  // at batch 1, 100 tiles, and 7x7 images at batch 8, 128 tiles, already win).
+  const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
   if (direction != Conv2dDirection::BackwardWeight && conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 &&
-      tiles >= 128)
-    return Conv2dAlgo::Winograd;
+      tiles >= 64)
+    return Conv2dAlgo::Winograd2x2;
   return Conv2dAlgo::Im2col;
 }
 
 namespace {
-void require_winograd(const Conv2dParams& p) {
+bool is_winograd(Conv2dAlgo algo) { return algo == Conv2dAlgo::Winograd4x4 || algo == Conv2dAlgo::Winograd2x2; }
+int64_t winograd_tile(Conv2dAlgo algo) { return algo == Conv2dAlgo::Winograd4x4 ? 4 : 2; }
+
+void require_winograd(const Conv2dParams& p, Conv2dAlgo algo) {
   if (!conv2d_winograd_applies(p))
     throw std::invalid_argument(
-        "algo='winograd' needs a 3x3 kernel with stride 1, dilation 1 and groups=1, got kernel " +
+        std::string("algo='") + conv2d_algo_name(algo) + "' needs a 3x3 kernel with stride 1, dilation 1 and groups=1, got kernel " +
         std::to_string(p.R) + "x" + std::to_string(p.S) + ", stride (" + std::to_string(p.stride_h) + ", " +
         std::to_string(p.stride_w) + "), dilation (" + std::to_string(p.dilation_h) + ", " +
         std::to_string(p.dilation_w) + "), groups=" + std::to_string(p.groups));
@@ -292,11 +299,11 @@ template <typename T>
 Conv2dAlgo conv2d_forward_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
                               T* output, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::Forward);
-  if (algo == Conv2dAlgo::Winograd) require_winograd(p);
+  if (is_winograd(algo)) require_winograd(p, algo);
   if (algo == Conv2dAlgo::Direct)
     conv2d_forward_direct_cpu(p, input, weight, bias, output);
-  else if (algo == Conv2dAlgo::Winograd)
-    conv2d_forward_winograd_cpu(p, input, weight, bias, output);
+  else if (is_winograd(algo))
+    conv2d_forward_winograd_cpu(p, input, weight, bias, output, winograd_tile(algo));
   else
     conv2d_forward_im2col_cpu(p, input, weight, bias, output);
   return algo;
@@ -306,11 +313,11 @@ template <typename T>
 Conv2dAlgo conv2d_backward_data_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
                                     T* grad_input, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardData);
-  if (algo == Conv2dAlgo::Winograd) require_winograd(p);
+  if (is_winograd(algo)) require_winograd(p, algo);
   if (algo == Conv2dAlgo::Direct)
     conv2d_backward_data_direct_cpu(p, grad_output, weight, grad_input);
-  else if (algo == Conv2dAlgo::Winograd)
-    conv2d_backward_data_winograd_cpu(p, grad_output, weight, grad_input);
+  else if (is_winograd(algo))
+    conv2d_backward_data_winograd_cpu(p, grad_output, weight, grad_input, winograd_tile(algo));
   else
     conv2d_backward_data_im2col_cpu(p, grad_output, weight, grad_input);
   return algo;
@@ -320,7 +327,7 @@ template <typename T>
 Conv2dAlgo conv2d_backward_weight_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                       T* grad_weight, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardWeight);
-  if (algo == Conv2dAlgo::Winograd) algo = Conv2dAlgo::Im2col;  // no Winograd weight gradient
+  if (is_winograd(algo)) algo = Conv2dAlgo::Im2col;  // no Winograd weight gradient
   if (algo == Conv2dAlgo::Direct)
     conv2d_backward_weight_direct_cpu(p, grad_output, input, grad_weight);
   else

@@ -1,28 +1,39 @@
-// conv2d by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, 2016), for
+// conv2d by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016), for
 // 3x3 filters with stride 1, dilation 1 and one group: forward, and backward-data,
 // which for such a layer is itself a 3x3 stride-1 convolution (of the output
 // gradient, with the filters rotated by 180 degrees and in/out channels swapped).
 //
-// The output is cut into 4x4 tiles; each reads a 6x6 input patch d (tiles overlap
-// by 2). With the 6x6 transforms below, one tile of one filter is
+// The output is cut into m x m tiles; each reads an (m+2) x (m+2) input patch d
+// (tiles overlap by 2). With the transforms below, one tile of one filter is
 //     Y = A^T [ (G g G^T) .* (B^T d B) ] A,
-// so the 36 element-wise products replace 16 * 9 = 144 multiply-adds: 4x fewer.
-// Summing over input channels turns the element-wise product into 36 independent
-// matrix products, one per position xi of the 6x6 transform domain:
+// so (m+2)^2 element-wise products replace 9 m^2 multiply-adds. Summing over input
+// channels turns the element-wise product into (m+2)^2 independent matrix
+// products, one per position xi of the transform domain:
 //     M[xi] (K x tiles) = U[xi] (K x C) * V[xi] (C x tiles)
 // which run on the packed GEMM. Tiles are processed in blocks of whole tile rows,
 // so the workspace (V and M for one block) stays bounded, whatever the image size.
 //
-// The transforms (points 0, 1, -1, 2, -2 and infinity):
-//   B^T = [ 4  0 -5  0  1  0 ]   G = [  1/4     0     0  ]   A^T = [ 1  1  1  1  1  0 ]
-//         [ 0 -4 -4  1  1  0 ]       [ -1/6  -1/6  -1/6  ]         [ 0  1 -1  2 -2  0 ]
-//         [ 0  4 -4 -1  1  0 ]       [ -1/6   1/6  -1/6  ]         [ 0  1  1  4  4  0 ]
-//         [ 0 -2 -1  2  1  0 ]       [ 1/24  1/12   1/6  ]         [ 0  1 -1  8 -8  1 ]
-//         [ 0  2 -1 -2  1  0 ]       [ 1/24 -1/12   1/6  ]
-//         [ 0  4  0 -5  0  1 ]       [   0     0     1   ]
-// Their error grows with the tile size; in float32 F(4x4, 3x3) stays near 1e-6
-// relative on the test layers (the tests bound it by 1e-4 against a float64
-// reference), which is why larger tiles such as F(6x6, 3x3) are not used.
+// Two tile sizes, because accuracy and speed pull apart:
+// - F(4x4, 3x3): 36 products for 16 outputs, 4x fewer multiplies than direct.
+//   Its transforms (points 0, +-1, +-2, infinity) have entries up to 8 and 1/24,
+//   so float32 results carry ~20x the rounding error of a direct sum (about 1e-5
+//   relative on a 192-channel layer; the tests bound it by 1e-4).
+// - F(2x2, 3x3): 16 products for 4 outputs, 2.25x fewer multiplies; transforms of
+//   0, +-1 and 1/2 only, with an error close to the direct sum's. Through a deep
+//   stack of layers (the AlphaGo policy network's gradients) the error of F(4x4)
+//   compounds to percent level, which is why the dispatcher prefers F(2x2).
+//
+//   F(4x4, 3x3):                                             F(2x2, 3x3):
+//   B^T = [ 4  0 -5  0  1  0 ]  G = [  1/4    0     0  ]      B^T = [ 1  0 -1  0 ]
+//         [ 0 -4 -4  1  1  0 ]      [ -1/6  -1/6  -1/6 ]            [ 0  1  1  0 ]
+//         [ 0  4 -4 -1  1  0 ]      [ -1/6   1/6  -1/6 ]            [ 0 -1  1  0 ]
+//         [ 0 -2 -1  2  1  0 ]      [ 1/24  1/12   1/6 ]            [ 0  1  0 -1 ]
+//         [ 0  2 -1 -2  1  0 ]      [ 1/24 -1/12   1/6 ]      G   = [ 1    0    0  ]
+//         [ 0  4  0 -5  0  1 ]      [   0     0     1  ]            [ 1/2  1/2  1/2 ]
+//   A^T = [ 1  1  1  1  1  0 ]                                      [ 1/2 -1/2  1/2 ]
+//         [ 0  1 -1  2 -2  0 ]                                      [ 0    0    1  ]
+//         [ 0  1  1  4  4  0 ]                                A^T = [ 1  1  1  0 ]
+//         [ 0  1 -1  8 -8  1 ]                                      [ 0  1 -1 -1 ]
 #include <omp.h>
 
 #include <algorithm>
@@ -36,9 +47,6 @@
 namespace convx {
 namespace {
 
-constexpr int64_t kTile = 4;   // output tile edge
-constexpr int64_t kPatch = 6;  // input patch edge = tile + 3 - 1
-constexpr int64_t kXi = kPatch * kPatch;
 
 // About this many bytes of V and M per block of tile rows: enough columns for the
 // GEMMs to amortize packing U, little enough to stay near the caches.
@@ -50,16 +58,14 @@ constexpr double kBlockBytes = 8.0 * 1024 * 1024;
 // forward weight: g[r][s] = weight[i][o][2 - r][2 - s]. Filters go in chunks laid
 // out lane by lane (g[r][s][e]), so every step below is a vector operation across
 // kChunk filters, and each of the 36 output rows is written in contiguous runs.
-template <typename T>
+template <typename F, typename T>
 void transform_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate, T* U) {
+  constexpr int64_t P = F::kPatch;
   const PackedALayout layout = gemm_packed_a_layout(out_channels, in_channels);
   const int64_t a_size = gemm_packed_a_size<T>(out_channels, in_channels);
-  const T G[6][3] = {{T(1.0 / 4), 0, 0},
-                     {T(-1.0 / 6), T(-1.0 / 6), T(-1.0 / 6)},
-                     {T(-1.0 / 6), T(1.0 / 6), T(-1.0 / 6)},
-                     {T(1.0 / 24), T(1.0 / 12), T(1.0 / 6)},
-                     {T(1.0 / 24), T(-1.0 / 12), T(1.0 / 6)},
-                     {0, 0, 1}};
+  T G[P][3];
+  for (int64_t a = 0; a < P; ++a)
+    for (int s = 0; s < 3; ++s) G[a][s] = T(F::G[a][s]);
   // Chunks of 8 output channels (one MR strip of the packed layout) x 8 input
   // channels: in the packed layout such a chunk is one contiguous run per xi, so
   // all writes are sequential. Lane e holds o = o0 + e % 8, i = i0 + e / 8; lanes
@@ -82,15 +88,15 @@ void transform_filters(const T* weight, int64_t out_channels, int64_t in_channel
           g[r][s][e] = rotate ? weight[((i * out_channels + o) * 3 + 2 - r) * 3 + 2 - s]
                               : weight[((o * in_channels + i) * 3 + r) * 3 + s];
     }
-    T Gg[6][3][kChunk];  // G g
-    for (int a = 0; a < 6; ++a)
+    T Gg[P][3][kChunk];  // G g
+    for (int64_t a = 0; a < P; ++a)
       for (int s = 0; s < 3; ++s)
         for (int64_t e = 0; e < kChunk; ++e)
           Gg[a][s][e] = G[a][0] * g[0][s][e] + G[a][1] * g[1][s][e] + G[a][2] * g[2][s][e];
     const int64_t at = layout.at(o0, i0);
-    for (int a = 0; a < 6; ++a)
-      for (int b = 0; b < 6; ++b) {
-        T* dst = U + (a * 6 + b) * a_size + at;  // (G g) G^T
+    for (int64_t a = 0; a < P; ++a)
+      for (int64_t b = 0; b < P; ++b) {
+        T* dst = U + (a * P + b) * a_size + at;  // (G g) G^T
         for (int64_t e = 0; e < count; ++e)
           dst[e] = Gg[a][0][e] * G[b][0] + Gg[a][1][e] * G[b][1] + Gg[a][2][e] * G[b][2];
       }
@@ -98,58 +104,89 @@ void transform_filters(const T* weight, int64_t out_channels, int64_t in_channel
 }
 
 // The 36 transformed filter matrices, each packed for the GEMM's A operand.
-template <typename T>
+template <typename F, typename T>
 std::unique_ptr<T[]> transformed_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate) {
-  std::unique_ptr<T[]> packed(new T[kXi * gemm_packed_a_size<T>(out_channels, in_channels)]);
-  transform_filters(weight, out_channels, in_channels, rotate, packed.get());
+  std::unique_ptr<T[]> packed(new T[F::kXi * gemm_packed_a_size<T>(out_channels, in_channels)]);
+  transform_filters<F>(weight, out_channels, in_channels, rotate, packed.get());
   return packed;
 }
 
-// y[0..5][t] = B^T x[0..5][t] for t in [0, n): six rows of n tiles each, `stride`
-// apart. The loop runs across tiles, so every line is one vector operation.
-template <typename T>
-inline void input_transform_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
-  for (int64_t t = 0; t < n; ++t) {
-    const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
-            x5 = x[5 * xs + t];
-    y[t] = T(4) * x0 - T(5) * x2 + x4;
-    y[ys + t] = -T(4) * (x1 + x2) + x3 + x4;
-    y[2 * ys + t] = T(4) * (x1 - x2) - x3 + x4;
-    y[3 * ys + t] = T(2) * (x3 - x1) - x2 + x4;
-    y[4 * ys + t] = T(2) * (x1 - x3) - x2 + x4;
-    y[5 * ys + t] = T(4) * x1 - T(5) * x3 + x5;
+// Each tile size as a policy: the edge of a tile and of its patch, G, and the two
+// 1-D transforms applied to rows of n tiles at once. input_rows: y[0..P-1][t] =
+// B^T x[0..P-1][t]; output_rows: y[0..m-1][t] = A^T x[0..P-1][t], for t in [0, n),
+// rows `xs` / `ys` apart. The loops run across tiles, so each line is one vector
+// operation.
+struct WinogradF4 {
+  static constexpr int64_t kTile = 4, kPatch = 6, kXi = 36;
+  static constexpr double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  template <typename T>
+  static void input_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
+              x5 = x[5 * xs + t];
+      y[t] = T(4) * x0 - T(5) * x2 + x4;
+      y[ys + t] = -T(4) * (x1 + x2) + x3 + x4;
+      y[2 * ys + t] = T(4) * (x1 - x2) - x3 + x4;
+      y[3 * ys + t] = T(2) * (x3 - x1) - x2 + x4;
+      y[4 * ys + t] = T(2) * (x1 - x3) - x2 + x4;
+      y[5 * ys + t] = T(4) * x1 - T(5) * x3 + x5;
+    }
   }
-}
+  template <typename T>
+  static void output_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
+              x5 = x[5 * xs + t];
+      const T p12 = x1 + x2, m12 = x1 - x2, p34 = x3 + x4, m34 = x3 - x4;
+      y[t] = x0 + p12 + p34;
+      y[ys + t] = m12 + T(2) * m34;
+      y[2 * ys + t] = p12 + T(4) * p34;
+      y[3 * ys + t] = m12 + T(8) * m34 + x5;
+    }
+  }
+};
 
-// y[0..3][t] = A^T x[0..5][t], likewise across tiles.
-template <typename T>
-inline void output_transform_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
-  for (int64_t t = 0; t < n; ++t) {
-    const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
-            x5 = x[5 * xs + t];
-    const T p12 = x1 + x2, m12 = x1 - x2, p34 = x3 + x4, m34 = x3 - x4;
-    y[t] = x0 + p12 + p34;
-    y[ys + t] = m12 + T(2) * m34;
-    y[2 * ys + t] = p12 + T(4) * p34;
-    y[3 * ys + t] = m12 + T(8) * m34 + x5;
+struct WinogradF2 {
+  static constexpr int64_t kTile = 2, kPatch = 4, kXi = 16;
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  template <typename T>
+  static void input_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t];
+      y[t] = x0 - x2;
+      y[ys + t] = x1 + x2;
+      y[2 * ys + t] = x2 - x1;
+      y[3 * ys + t] = x1 - x3;
+    }
   }
-}
+  template <typename T>
+  static void output_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t];
+      y[t] = x0 + x1 + x2;
+      y[ys + t] = x1 - x2 - x3;
+    }
+  }
+};
 
 struct WinogradShape {
   int64_t N, C, H, W;   // input
   int64_t K, OH, OW;    // output
   int64_t pad_top, pad_left;  // output (oh, ow) reads input rows oh - pad_top + 0..2 (may be negative)
-  int64_t tiles_h() const { return (OH + kTile - 1) / kTile; }
-  int64_t tiles_w() const { return (OW + kTile - 1) / kTile; }
+  int64_t tiles_h(int64_t tile) const { return (OH + tile - 1) / tile; }
+  int64_t tiles_w(int64_t tile) const { return (OW + tile - 1) / tile; }
 };
 
 // out[n, k, oh, ow] = sum_{c, r, s} in[n, c, oh - pad_top + r, ow - pad_left + s] * g_kc[r][s]
 // (+ bias[k]), zero outside the input, with U the transformed filters.
-// U_packed: the 36 transformed filter matrices (K x C each), packed for the GEMM,
+// U_packed: the kXi transformed filter matrices (K x C each), packed for the GEMM,
 // gemm_packed_a_size(K, C) apart.
-template <typename T>
-void winograd_f4x3(const WinogradShape& sh, const T* input, const T* U_packed, const T* bias, T* output) {
-  const int64_t th = sh.tiles_h(), tw = sh.tiles_w();
+template <typename F, typename T>
+void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, const T* bias, T* output) {
+  constexpr int64_t kTile = F::kTile, kPatch = F::kPatch, kXi = F::kXi;
+  const int64_t th = sh.tiles_h(kTile), tw = sh.tiles_w(kTile);
   const int64_t C = sh.C, K = sh.K;
   const int64_t tile_rows = sh.N * th;  // (n, tile row) pairs, processed in blocks
   // Tile columns are padded to a whole number of GEMM strips' worth of work only
@@ -198,10 +235,10 @@ void winograd_f4x3(const WinogradShape& sh, const T* input, const T* U_packed, c
         }
         // e[i][v] = sum_u B^T[i][u] d[u][v]: for each v, the six u-rows are kPatch rows apart.
         for (int64_t v = 0; v < kPatch; ++v)
-          input_transform_rows(d.get() + v * tiles, kPatch * tiles, e.get() + v * tiles, kPatch * tiles, tiles);
+          F::input_rows(d.get() + v * tiles, kPatch * tiles, e.get() + v * tiles, kPatch * tiles, tiles);
         // V[i][j] = sum_v e[i][v] B[v][j]: for each i, the six v-rows are adjacent.
         for (int64_t i = 0; i < kPatch; ++i)
-          input_transform_rows(e.get() + i * kPatch * tiles, tiles, d.get() + i * kPatch * tiles, tiles, tiles);
+          F::input_rows(e.get() + i * kPatch * tiles, tiles, d.get() + i * kPatch * tiles, tiles, tiles);
         const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
         for (int64_t xi = 0; xi < kXi; ++xi) {
           T* dst = V.get() + xi * b_size;
@@ -216,7 +253,7 @@ void winograd_f4x3(const WinogradShape& sh, const T* input, const T* U_packed, c
       }
     }
 
-    // 36 independent products, each threaded inside the GEMM.
+    // kXi independent products, each threaded inside the GEMM.
     for (int64_t xi = 0; xi < kXi; ++xi)
       gemm_packed_cpu<T>(K, tiles, C, U_packed + xi * a_size, V.get() + xi * b_size, M.get() + xi * K * tiles,
                          tiles);
@@ -233,10 +270,10 @@ void winograd_f4x3(const WinogradShape& sh, const T* input, const T* U_packed, c
         const T* m = M.get() + k * tiles;  // m[xi][t] = m[xi * K * tiles + t]
         // f[i][j'] = sum_j m[i][j] A[j][j']: the six j-rows of one i are K*tiles apart.
         for (int64_t i = 0; i < kPatch; ++i)
-          output_transform_rows(m + i * kPatch * K * tiles, K * tiles, f.get() + i * kTile * tiles, tiles, tiles);
+          F::output_rows(m + i * kPatch * K * tiles, K * tiles, f.get() + i * kTile * tiles, tiles, tiles);
         // y[r][j'] = sum_i A^T[r][i] f[i][j']: for each j', the six i-rows are kTile rows apart.
         for (int64_t jj = 0; jj < kTile; ++jj)
-          output_transform_rows(f.get() + jj * tiles, kTile * tiles, y.get() + jj * tiles, kTile * tiles, tiles);
+          F::output_rows(f.get() + jj * tiles, kTile * tiles, y.get() + jj * tiles, kTile * tiles, tiles);
         const T b = bias ? bias[k] : T(0);
         for (int64_t rb = 0; rb < rows; ++rb) {
           const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
@@ -268,10 +305,15 @@ bool conv2d_winograd_applies(const Conv2dParams& p) {
 
 template <typename T>
 void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
-                                 T* output) {
+                                 T* output, int64_t tile) {
   if (p.N == 0) return;
   const WinogradShape sh{p.N, p.C, p.H, p.W, p.K, p.out_h(), p.out_w(), p.pad_top, p.pad_left};
-  winograd_f4x3(sh, input, transformed_filters(weight, p.K, p.C, false).get(), bias, output);
+  if (tile == 4)
+    winograd_conv<WinogradF4>(sh, input, transformed_filters<WinogradF4>(weight, p.K, p.C, false).get(), bias,
+                              output);
+  else
+    winograd_conv<WinogradF2>(sh, input, transformed_filters<WinogradF2>(weight, p.K, p.C, false).get(), bias,
+                              output);
 }
 
 // grad_input[c, h, w] = sum_{k, r, s} grad_output[k, h + pad_top - r, w + pad_left - s] * weight[k, c, r, s]
@@ -280,19 +322,25 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
 // (negative when pad_top > 2, which the tile loader handles), output size H x W.
 template <typename T>
 void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
-                                       T* grad_input) {
+                                       T* grad_input, int64_t tile) {
   if (p.N == 0) return;
   const WinogradShape sh{p.N, p.K, p.out_h(), p.out_w(), p.C, p.H, p.W, 2 - p.pad_top, 2 - p.pad_left};
-  winograd_f4x3(sh, grad_output, transformed_filters(weight, p.C, p.K, true).get(), static_cast<const T*>(nullptr),
-                grad_input);
+  const T* no_bias = nullptr;
+  if (tile == 4)
+    winograd_conv<WinogradF4>(sh, grad_output, transformed_filters<WinogradF4>(weight, p.C, p.K, true).get(),
+                              no_bias, grad_input);
+  else
+    winograd_conv<WinogradF2>(sh, grad_output, transformed_filters<WinogradF2>(weight, p.C, p.K, true).get(),
+                              no_bias, grad_input);
 }
 
 template void conv2d_forward_winograd_cpu<float>(const Conv2dParams&, const float*, const float*, const float*,
-                                                 float*);
+                                                 float*, int64_t);
 template void conv2d_forward_winograd_cpu<double>(const Conv2dParams&, const double*, const double*,
-                                                  const double*, double*);
-template void conv2d_backward_data_winograd_cpu<float>(const Conv2dParams&, const float*, const float*, float*);
+                                                  const double*, double*, int64_t);
+template void conv2d_backward_data_winograd_cpu<float>(const Conv2dParams&, const float*, const float*, float*,
+                                                       int64_t);
 template void conv2d_backward_data_winograd_cpu<double>(const Conv2dParams&, const double*, const double*,
-                                                        double*);
+                                                        double*, int64_t);
 
 }  // namespace convx

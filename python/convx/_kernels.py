@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _C
 
-CONV2D_ALGOS = ("auto", "direct", "im2col", "winograd")
+CONV2D_ALGOS = ("auto", "direct", "im2col", "winograd_4x4", "winograd_2x2")
 
 _algo_log: contextvars.ContextVar[Optional[List[str]]] = contextvars.ContextVar("convx_algo_log", default=None)
 
