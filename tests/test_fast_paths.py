@@ -164,3 +164,30 @@ def test_winograd_model_trains_with_weight_gradient_by_im2col(algo):
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-10, atol=1e-10)
     assert torch.autograd.gradcheck(lambda a, b: F.conv2d(a, b, padding=1, algo=algo),
                                     (x[:1, :, :6, :6].detach().requires_grad_(), w.detach().requires_grad_()))
+
+
+# ---- im2col + GEMM in column blocks ----------------------------------------------------
+
+@pytest.mark.parametrize("N,C,H,W,K,groups,stride", [
+    (2, 256, 17, 17, 8, 1, 1),   # CRS = 2304: 289 columns split into two blocks per image
+    (2, 256, 23, 23, 8, 2, 1),   # two groups, each image in two blocks
+    (3, 256, 35, 33, 4, 1, 2),   # strided, blocks ending mid-row
+    (5, 20, 12, 12, 50, 1, 1),   # small images batched: several images per block
+    (7, 6, 9, 9, 4, 2, 1),       # batched with groups
+])
+def test_im2col_blocks_match_direct(N, C, H, W, K, groups, stride):
+    p = _conv_params(N, C, H, W, K, (1, 1, 1, 1), stride=stride, groups=groups)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C // groups, 3, 3))
+    b = rng.standard_normal(K)
+    gy = rng.standard_normal((N, K, p.out_h(), p.out_w()))
+    results = {}
+    for algo in ("direct", "im2col"):
+        y, gx, gw = np.empty(gy.shape), np.empty(x.shape), np.empty(w.shape)
+        _C.conv2d_forward(p, x, w, b, y, algo)
+        _C.conv2d_backward_data(p, gy, w, gx, algo)
+        _C.conv2d_backward_weight(p, gy, x, gw, algo)
+        results[algo] = (y, gx, gw)
+    for got, want in zip(results["im2col"], results["direct"]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())

@@ -16,4 +16,14 @@ void im2col_cpu(const Im2colParams& p, const T* image, T* col);
 template <typename T>
 void col2im_cpu(const Im2colParams& p, const T* col, T* image);
 
+// Columns [l0, l1) of im2col's output only, written to col[row * ld + (l - l0)]:
+// lets the GEMM paths lower an image in cache-sized pieces.
+template <typename T>
+void im2col_columns_cpu(const Im2colParams& p, const T* image, int64_t l0, int64_t l1, T* col, int64_t ld);
+
+// Adds columns [l0, l1) (col[row * ld + (l - l0)]) back onto image, the adjoint of
+// im2col_columns_cpu; does not clear image first. Fixed order per channel.
+template <typename T>
+void col2im_columns_add_cpu(const Im2colParams& p, const T* col, int64_t ld, int64_t l0, int64_t l1, T* image);
+
 }  // namespace convx

@@ -211,10 +211,70 @@ void conv2d_backward_bias_cpu(const Conv2dParams& p, const T* grad_output, T* gr
 }
 
 // ---- im2col + GEMM --------------------------------------------------------------
-// Per image n and group g, with L = OH*OW and CRS = Cg*R*S:
-//   forward          Y[n,g] (Kg x L)   = W[g] (Kg x CRS)   * col (CRS x L)
-//   backward data    col    (CRS x L)  = W[g]^T            * dY[n,g] (Kg x L), then col2im
-//   backward weight  dW[g]  (Kg x CRS) += dY[n,g] (Kg x L) * col^T (L x CRS)
+// Per group g, with CRS = Cg*R*S, over the columns q = n*L + l of all images
+// (L = OH*OW):
+//   forward          Y[:, q] (Kg)      = W[g] (Kg x CRS)   * col[:, q] (CRS)
+//   backward data    col[:, q] (CRS)   = W[g]^T            * dY[:, q] (Kg), then col2im
+//   backward weight  dW[g] (Kg x CRS) += dY[:, q]          * col[:, q]^T
+// The columns are lowered and multiplied a block at a time, so the column buffer
+// stays near kColumnBlockBytes whatever the image size (convx needs no more
+// memory than torch), and small images are batched into one block (a 7x7 or 8x8
+// layer would otherwise run GEMMs 49 or 64 columns wide, repacking the weights
+// for every image).
+
+namespace {
+
+constexpr double kColumnBlockBytes = 2.0 * 1024 * 1024;
+
+// A block of columns [q0, q0 + count): either part of one image or whole images.
+struct ColumnBlock {
+  int64_t n0, l0, count;
+  bool within_image;
+};
+
+template <typename T>
+std::vector<ColumnBlock> column_blocks(const Conv2dParams& p, int64_t CRS) {
+  const int64_t L = p.out_h() * p.out_w();
+  const int64_t target = std::max<int64_t>(256, int64_t(kColumnBlockBytes / (double(CRS) * sizeof(T))));
+  std::vector<ColumnBlock> blocks;
+  if (L >= target) {
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t l0 = 0; l0 < L; l0 += target) blocks.push_back({n, l0, std::min(target, L - l0), true});
+  } else {
+    const int64_t images = std::max<int64_t>(1, target / L);
+    for (int64_t n0 = 0; n0 < p.N; n0 += images) blocks.push_back({n0, 0, std::min(images, p.N - n0) * L, false});
+  }
+  return blocks;
+}
+
+// Visits the (image, first column, last column) pieces of a block.
+template <typename F>
+void for_each_image_piece(const ColumnBlock& b, int64_t L, F&& f) {
+  if (b.within_image) {
+    f(b.n0, b.l0, b.l0 + b.count, int64_t(0));
+    return;
+  }
+  for (int64_t i = 0; i < b.count / L; ++i) f(b.n0 + i, int64_t(0), L, i * L);
+}
+
+// rows x count block of a per-image row-major (rows x L) tensor slice, copied
+// out (gather) or in (scatter); offset(n) gives the slice of image n.
+template <typename T, typename Offset>
+void gather_rows(const ColumnBlock& b, int64_t L, int64_t rows, const T* base, Offset offset, T* dst) {
+  for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(base + offset(n) + r * L + l0, base + offset(n) + r * L + l1, dst + r * b.count + at);
+  });
+}
+template <typename T, typename Offset>
+void scatter_rows(const ColumnBlock& b, int64_t L, int64_t rows, const T* src, T* base, Offset offset) {
+  for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(src + r * b.count + at, src + r * b.count + at + (l1 - l0), base + offset(n) + r * L + l0);
+  });
+}
+
+}  // namespace
 
 template <typename T>
 void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
@@ -224,27 +284,43 @@ void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* w
   const int64_t L = p.out_h() * p.out_w();
   const int64_t CRS = ip.col_rows();
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
-  const bool pointwise = is_pointwise(p);
-  std::vector<T> col(pointwise ? 0 : CRS * L);
-  for (int64_t n = 0; n < p.N; ++n)
-    for (int64_t g = 0; g < p.groups; ++g) {
-      const T* image = input + (n * p.C + g * Cg) * p.H * p.W;
-      const T* cols = image;
-      if (!pointwise) {
-        im2col_cpu(ip, image, col.data());
-        cols = col.data();
-      }
-      T* out = output + (n * p.K + g * Kg) * L;
-      gemm_cpu<T>(false, false, Kg, L, CRS, weight + g * Kg * CRS, CRS, cols, L, T(0), out, L);
-      if (bias) {
-#pragma omp parallel for schedule(static) if (Kg * L > (1 << 18))
-        for (int64_t k = 0; k < Kg; ++k) {
-          const T b = bias[g * Kg + k];
-          T* row = out + k * L;
-          for (int64_t i = 0; i < L; ++i) row[i] += b;
+  const auto image = [&](int64_t n, int64_t g) { return input + (n * p.C + g * Cg) * p.H * p.W; };
+  const auto out_slice = [&](int64_t g) { return [&p, g, Kg, L](int64_t n) { return (n * p.K + g * Kg) * L; }; };
+  if (is_pointwise(p)) {
+    // The column matrix of a 1x1 layer is the image itself: no lowering, no buffer.
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t g = 0; g < p.groups; ++g)
+        gemm_cpu<T>(false, false, Kg, L, CRS, weight + g * Kg * CRS, CRS, image(n, g), L, T(0),
+                    output + out_slice(g)(n), L);
+  } else {
+    const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
+    int64_t widest = 0;
+    for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
+    std::vector<T> col(CRS * widest), out_block(blocks.front().within_image ? 0 : Kg * widest);
+    for (int64_t g = 0; g < p.groups; ++g)
+      for (const ColumnBlock& b : blocks) {
+        for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+          im2col_columns_cpu(ip, image(n, g), l0, l1, col.data() + at, b.count);
+        });
+        if (b.within_image) {
+          gemm_cpu<T>(false, false, Kg, b.count, CRS, weight + g * Kg * CRS, CRS, col.data(), b.count, T(0),
+                      output + out_slice(g)(b.n0) + b.l0, L);
+        } else {
+          gemm_cpu<T>(false, false, Kg, b.count, CRS, weight + g * Kg * CRS, CRS, col.data(), b.count, T(0),
+                      out_block.data(), b.count);
+          scatter_rows(b, L, Kg, out_block.data(), output, out_slice(g));
         }
       }
-    }
+  }
+  if (bias) {
+#pragma omp parallel for collapse(2) schedule(static) if (p.N * p.K * L > (1 << 18))
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t k = 0; k < p.K; ++k) {
+        const T b = bias[k];
+        T* row = output + (n * p.K + k) * L;
+        for (int64_t i = 0; i < L; ++i) row[i] += b;
+      }
+  }
 }
 
 template <typename T>
@@ -255,15 +331,34 @@ void conv2d_backward_data_im2col_cpu(const Conv2dParams& p, const T* grad_output
   const int64_t L = p.out_h() * p.out_w();
   const int64_t CRS = ip.col_rows();
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
-  const bool pointwise = is_pointwise(p);
-  std::vector<T> col(pointwise ? 0 : CRS * L);
-  for (int64_t n = 0; n < p.N; ++n)
-    for (int64_t g = 0; g < p.groups; ++g) {
-      T* image = grad_input + (n * p.C + g * Cg) * p.H * p.W;
-      T* cols = pointwise ? image : col.data();
-      gemm_cpu<T>(true, false, CRS, L, Kg, weight + g * Kg * CRS, CRS, grad_output + (n * p.K + g * Kg) * L, L,
-                  T(0), cols, L);
-      if (!pointwise) col2im_cpu(ip, cols, image);
+  const auto image = [&](int64_t n, int64_t g) { return grad_input + (n * p.C + g * Cg) * p.H * p.W; };
+  const auto gy_slice = [&](int64_t g) { return [&p, g, Kg, L](int64_t n) { return (n * p.K + g * Kg) * L; }; };
+  if (is_pointwise(p)) {
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t g = 0; g < p.groups; ++g)
+        gemm_cpu<T>(true, false, CRS, L, Kg, weight + g * Kg * CRS, CRS, grad_output + gy_slice(g)(n), L, T(0),
+                    image(n, g), L);
+    return;
+  }
+  std::fill(grad_input, grad_input + p.N * p.C * p.H * p.W, T(0));
+  const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
+  int64_t widest = 0;
+  for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
+  std::vector<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (const ColumnBlock& b : blocks) {
+      if (b.within_image) {
+        gemm_cpu<T>(true, false, CRS, b.count, Kg, weight + g * Kg * CRS, CRS,
+                    grad_output + gy_slice(g)(b.n0) + b.l0, L, T(0), col.data(), b.count);
+      } else {
+        gather_rows(b, L, Kg, grad_output, gy_slice(g), gy_block.data());
+        gemm_cpu<T>(true, false, CRS, b.count, Kg, weight + g * Kg * CRS, CRS, gy_block.data(), b.count, T(0),
+                    col.data(), b.count);
+      }
+      // Blocks are added in a fixed order: bitwise repeatable for any thread count.
+      for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+        col2im_columns_add_cpu(ip, col.data() + at, b.count, l0, l1, image(n, g));
+      });
     }
 }
 
@@ -274,22 +369,31 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   const int64_t L = p.out_h() * p.out_w();
   const int64_t CRS = ip.col_rows();
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group();
-  const bool pointwise = is_pointwise(p);
   if (p.N == 0) {
     std::fill(grad_weight, grad_weight + p.K * CRS, T(0));
     return;
   }
-  std::vector<T> col(pointwise ? 0 : CRS * L);
-  for (int64_t n = 0; n < p.N; ++n)
-    for (int64_t g = 0; g < p.groups; ++g) {
-      const T* image = input + (n * p.C + g * Cg) * p.H * p.W;
-      const T* cols = image;
-      if (!pointwise) {
-        im2col_cpu(ip, image, col.data());
-        cols = col.data();
+  const auto image = [&](int64_t n, int64_t g) { return input + (n * p.C + g * Cg) * p.H * p.W; };
+  const auto gy_slice = [&](int64_t g) { return [&p, g, Kg, L](int64_t n) { return (n * p.K + g * Kg) * L; }; };
+  const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
+  int64_t widest = 0;
+  for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
+  std::vector<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      const ColumnBlock& b = blocks[i];
+      for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+        im2col_columns_cpu(ip, image(n, g), l0, l1, col.data() + at, b.count);
+      });
+      const T* gy = grad_output + gy_slice(g)(b.n0) + b.l0;
+      int64_t ld = L;
+      if (!b.within_image) {
+        gather_rows(b, L, Kg, grad_output, gy_slice(g), gy_block.data());
+        gy = gy_block.data();
+        ld = b.count;
       }
-      gemm_cpu<T>(false, true, Kg, CRS, L, grad_output + (n * p.K + g * Kg) * L, L, cols, L,
-                  n == 0 ? T(0) : T(1), grad_weight + g * Kg * CRS, CRS);
+      gemm_cpu<T>(false, true, Kg, CRS, b.count, gy, ld, col.data(), b.count, i == 0 ? T(0) : T(1),
+                  grad_weight + g * Kg * CRS, CRS);
     }
 }
 

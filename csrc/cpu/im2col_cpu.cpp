@@ -26,70 +26,101 @@ inline void valid_range(int64_t size, int64_t out, int64_t stride, int64_t start
 
 }  // namespace
 
+// Columns l in [l0, l1) of one row of the column matrix: output positions
+// (oh, ow) = (l / out_w, l % out_w), which cover whole output rows except
+// possibly the first and the last.
 template <typename T>
-void im2col_cpu(const Im2colParams& p, const T* image, T* col) {
+void im2col_columns_cpu(const Im2colParams& p, const T* image, int64_t l0, int64_t l1, T* col, int64_t ld) {
   const int64_t out_h = p.out_h(), out_w = p.out_w();
   const int64_t rows = p.C * p.kernel_h * p.kernel_w;
-  const int64_t cols = out_h * out_w;
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 18))
+  if (l1 <= l0) return;
+  const int64_t oh_first = l0 / out_w, oh_last = (l1 - 1) / out_w;
+#pragma omp parallel for schedule(static) if (rows * (l1 - l0) > (1 << 18))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t j = row % p.kernel_w;
     const int64_t i = (row / p.kernel_w) % p.kernel_h;
     const int64_t c = row / (p.kernel_w * p.kernel_h);
     const T* plane = image + c * p.H * p.W;
-    T* dst = col + row * cols;
+    T* dst = col + row * ld - l0;  // dst[l] for l in [l0, l1)
     const int64_t h_offset = i * p.dilation_h - p.pad_top;
     const int64_t w_offset = j * p.dilation_w - p.pad_left;
     int64_t oh_lo, oh_hi, ow_lo, ow_hi;
     valid_range(p.H, out_h, p.stride_h, h_offset, oh_lo, oh_hi);
     valid_range(p.W, out_w, p.stride_w, w_offset, ow_lo, ow_hi);
-    std::fill(dst, dst + oh_lo * out_w, T(0));
-    for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+    for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
+      // This output row's part of the block: ow in [a, b).
+      const int64_t a = oh == oh_first ? l0 - oh * out_w : 0;
+      const int64_t b = oh == oh_last ? l1 - oh * out_w : out_w;
       T* d = dst + oh * out_w;
-      const T* src_row = plane + (oh * p.stride_h + h_offset) * p.W;
-      std::fill(d, d + ow_lo, T(0));
-      if (p.stride_w == 1) {
-        std::memcpy(d + ow_lo, src_row + ow_lo + w_offset, (ow_hi - ow_lo) * sizeof(T));
-      } else {
-        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) d[ow] = src_row[ow * p.stride_w + w_offset];
+      if (oh < oh_lo || oh >= oh_hi) {  // the whole row reads padding
+        std::fill(d + a, d + b, T(0));
+        continue;
       }
-      std::fill(d + ow_hi, d + out_w, T(0));
+      const int64_t lo = std::clamp(ow_lo, a, b), hi = std::clamp(ow_hi, lo, b);
+      const T* src_row = plane + (oh * p.stride_h + h_offset) * p.W;
+      std::fill(d + a, d + lo, T(0));
+      if (p.stride_w == 1) {
+        std::memcpy(d + lo, src_row + lo + w_offset, (hi - lo) * sizeof(T));
+      } else {
+        for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src_row[ow * p.stride_w + w_offset];
+      }
+      std::fill(d + hi, d + b, T(0));
     }
-    std::fill(dst + oh_hi * out_w, dst + cols, T(0));
   }
 }
 
 template <typename T>
-void col2im_cpu(const Im2colParams& p, const T* col, T* image) {
+void im2col_cpu(const Im2colParams& p, const T* image, T* col) {
+  const int64_t cols = p.out_h() * p.out_w();
+  im2col_columns_cpu(p, image, 0, cols, col, cols);
+}
+
+template <typename T>
+void col2im_columns_add_cpu(const Im2colParams& p, const T* col, int64_t ld, int64_t l0, int64_t l1, T* image) {
   const int64_t out_h = p.out_h(), out_w = p.out_w();
-  const int64_t cols = out_h * out_w;
   const int64_t plane_size = p.H * p.W;
+  if (l1 <= l0) return;
+  const int64_t oh_first = l0 / out_w, oh_last = (l1 - 1) / out_w;
   // One thread owns a whole channel: its kh*kw rows are added in row order, so the
   // sum at each pixel has a fixed order and needs no atomics.
-#pragma omp parallel for schedule(static) if (p.C * p.kernel_h * p.kernel_w * cols > (1 << 18))
+#pragma omp parallel for schedule(static) if (p.C * p.kernel_h * p.kernel_w * (l1 - l0) > (1 << 18))
   for (int64_t c = 0; c < p.C; ++c) {
     T* plane = image + c * plane_size;
-    std::fill(plane, plane + plane_size, T(0));
     for (int64_t i = 0; i < p.kernel_h; ++i)
       for (int64_t j = 0; j < p.kernel_w; ++j) {
-        const T* src = col + ((c * p.kernel_h + i) * p.kernel_w + j) * cols;
+        const T* src = col + ((c * p.kernel_h + i) * p.kernel_w + j) * ld - l0;  // src[l]
         const int64_t h_offset = i * p.dilation_h - p.pad_top;
         const int64_t w_offset = j * p.dilation_w - p.pad_left;
         int64_t oh_lo, oh_hi, ow_lo, ow_hi;
         valid_range(p.H, out_h, p.stride_h, h_offset, oh_lo, oh_hi);
         valid_range(p.W, out_w, p.stride_w, w_offset, ow_lo, ow_hi);
-        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+        for (int64_t oh = std::max(oh_first, oh_lo); oh <= oh_last && oh < oh_hi; ++oh) {
+          const int64_t a = oh == oh_first ? l0 - oh * out_w : 0;
+          const int64_t b = oh == oh_last ? l1 - oh * out_w : out_w;
+          const int64_t lo = std::clamp(ow_lo, a, b), hi = std::clamp(ow_hi, lo, b);
           T* dst_row = plane + (oh * p.stride_h + h_offset) * p.W;
           const T* s = src + oh * out_w;
-          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dst_row[ow * p.stride_w + w_offset] += s[ow];
+          for (int64_t ow = lo; ow < hi; ++ow) dst_row[ow * p.stride_w + w_offset] += s[ow];
         }
       }
   }
+}
+
+template <typename T>
+void col2im_cpu(const Im2colParams& p, const T* col, T* image) {
+  const int64_t cols = p.out_h() * p.out_w();
+  std::fill(image, image + p.C * p.H * p.W, T(0));
+  col2im_columns_add_cpu(p, col, cols, 0, cols, image);
 }
 
 template void im2col_cpu<float>(const Im2colParams&, const float*, float*);
 template void im2col_cpu<double>(const Im2colParams&, const double*, double*);
 template void col2im_cpu<float>(const Im2colParams&, const float*, float*);
 template void col2im_cpu<double>(const Im2colParams&, const double*, double*);
+template void im2col_columns_cpu<float>(const Im2colParams&, const float*, int64_t, int64_t, float*, int64_t);
+template void im2col_columns_cpu<double>(const Im2colParams&, const double*, int64_t, int64_t, double*, int64_t);
+template void col2im_columns_add_cpu<float>(const Im2colParams&, const float*, int64_t, int64_t, int64_t, float*);
+template void col2im_columns_add_cpu<double>(const Im2colParams&, const double*, int64_t, int64_t, int64_t,
+                                             double*);
 
 }  // namespace convx
