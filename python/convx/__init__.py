@@ -7,7 +7,7 @@
 """
 from . import _C
 from . import functional
-from ._kernels import record_algos
+from ._kernels import benchmark_cache, benchmark_enabled, clear_benchmark_cache, record_algos, set_benchmark
 
 __version__ = _C.__version__
 has_cuda: bool = bool(_C.has_cuda)
@@ -42,5 +42,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'convx' has no attribute {name!r}")
 
 
-__all__ = ["functional", "nn", "record_algos", "has_cuda", "build_type", "simd_level", "get_num_threads",
+__all__ = ["functional", "nn", "record_algos", "set_benchmark", "benchmark_enabled", "benchmark_cache",
+           "clear_benchmark_cache", "has_cuda", "build_type", "simd_level", "get_num_threads",
            "set_num_threads", "__version__"]

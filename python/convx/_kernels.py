@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, List, Optional
+import threading
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -40,20 +42,97 @@ def _note(op: str, algo: str) -> None:
         log.append(f"{op}:{algo}")
 
 
+# ---- benchmark mode -------------------------------------------------------------
+# Like torch.backends.cudnn.benchmark: off by default (the dispatcher's heuristic
+# decides); when on, the first 'auto' call for each shape times every candidate
+# once on the real data and the fastest is used for that shape from then on.
+# Winograd F(4x4) is never a candidate: its float32 error is ~20x a GEMM's, and a
+# timing-driven choice must not change accuracy behind the user's back. The
+# direct reference is a candidate only for small layers (it is a plain loop nest).
+
+_BENCHMARK_CANDIDATES = ("im2col", "winograd_2x2", "direct")
+_DIRECT_CANDIDATE_MAX_FLOPS = 2e7
+
+_benchmark_lock = threading.Lock()
+_benchmark_enabled = False
+_benchmark_cache: Dict[Tuple, str] = {}
+
+
+def set_benchmark(enabled: bool) -> None:
+    """Turn benchmark mode on or off (process-wide, like torch.backends.cudnn.benchmark)."""
+    global _benchmark_enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r} of type {type(enabled).__name__}")
+    _benchmark_enabled = enabled
+
+
+def benchmark_enabled() -> bool:
+    return _benchmark_enabled
+
+
+def benchmark_cache() -> Dict[Tuple, str]:
+    """A copy of the winners so far: {(op, dtype, shape..., threads): algo}."""
+    with _benchmark_lock:
+        return dict(_benchmark_cache)
+
+
+def clear_benchmark_cache() -> None:
+    with _benchmark_lock:
+        _benchmark_cache.clear()
+
+
+def _shape_key(op: str, p, dtype) -> Tuple:
+    return (op, np.dtype(dtype).name, p.N, p.C, p.H, p.W, p.K, p.R, p.S, p.stride_h, p.stride_w, p.pad_top,
+            p.pad_bottom, p.pad_left, p.pad_right, p.dilation_h, p.dilation_w, p.groups, _C.max_threads())
+
+
+def _resolve(op: str, p, dtype, algo: str, run: Callable[[str], str]) -> str:
+    """The algorithm to run: `algo` itself unless it is 'auto' in benchmark mode."""
+    if algo != "auto" or not _benchmark_enabled:
+        return algo
+    key = _shape_key(op, p, dtype)
+    with _benchmark_lock:
+        cached = _benchmark_cache.get(key)
+    if cached is not None:
+        return cached
+    flops = 2.0 * p.N * p.K * p.out_h() * p.out_w() * (p.C // p.groups) * p.R * p.S
+    timings = {}
+    for candidate in _BENCHMARK_CANDIDATES:
+        if candidate == "direct" and flops > _DIRECT_CANDIDATE_MAX_FLOPS:
+            continue
+        try:
+            ran = run(candidate)  # warm-up; raises ValueError where the algorithm does not apply
+        except ValueError:
+            continue
+        if ran != candidate:  # e.g. no Winograd weight gradient: it ran im2col instead
+            continue
+        start = time.perf_counter()
+        run(candidate)
+        timings[candidate] = time.perf_counter() - start
+    best = min(timings, key=timings.get)
+    with _benchmark_lock:
+        _benchmark_cache[key] = best
+    return best
+
+
 def conv2d_forward(p, x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], algo: str) -> np.ndarray:
     y = np.empty((p.N, p.K, p.out_h(), p.out_w()), dtype=x.dtype)
+    algo = _resolve("conv2d_forward", p, x.dtype, algo, lambda a: _C.conv2d_forward(p, x, w, b, y, a))
     _note("conv2d_forward", _C.conv2d_forward(p, x, w, b, y, algo))
     return y
 
 
 def conv2d_backward_data(p, gy: np.ndarray, w: np.ndarray, algo: str) -> np.ndarray:
     gx = np.empty((p.N, p.C, p.H, p.W), dtype=gy.dtype)
+    algo = _resolve("conv2d_backward_data", p, gy.dtype, algo, lambda a: _C.conv2d_backward_data(p, gy, w, gx, a))
     _note("conv2d_backward_data", _C.conv2d_backward_data(p, gy, w, gx, algo))
     return gx
 
 
 def conv2d_backward_weight(p, gy: np.ndarray, x: np.ndarray, algo: str) -> np.ndarray:
     gw = np.empty((p.K, p.C // p.groups, p.R, p.S), dtype=gy.dtype)
+    algo = _resolve("conv2d_backward_weight", p, gy.dtype, algo,
+                    lambda a: _C.conv2d_backward_weight(p, gy, x, gw, a))
     _note("conv2d_backward_weight", _C.conv2d_backward_weight(p, gy, x, gw, algo))
     return gw
 
