@@ -53,17 +53,32 @@ class DigitsCNN(torch.nn.Module):
         self.fc1 = torch.nn.Linear(self.flat_features, hidden)
         self.fc2 = torch.nn.Linear(hidden, classes)
 
-    def activations(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    LAYERS = ("conv1", "pool1", "conv2", "pool2", "fc1", "logits")
+
+    def activations(self, x: torch.Tensor, upto: Optional[str] = None) -> Dict[str, torch.Tensor]:
         """Every intermediate result by name, in order: 'conv1' (filter outputs
         before ReLU), 'pool1', 'conv2' (the seed's a^k_ij, 11x11 per filter),
-        'pool2', 'fc1' (dense neurons before ReLU), 'logits' (the y_i before softmax)."""
-        out = {}
-        out["conv1"] = self.conv1(x)
-        out["pool1"] = self.pool1(torch.relu(out["conv1"]))
-        out["conv2"] = self.conv2(out["pool1"])
-        out["pool2"] = self.pool2(torch.relu(out["conv2"]))
-        out["fc1"] = self.fc1(out["pool2"].flatten(1))
-        out["logits"] = self.fc2(torch.relu(out["fc1"]))
+        'pool2', 'fc1' (dense neurons before ReLU), 'logits' (the y_i before softmax).
+
+        ``upto`` stops after that layer: the convolutional part takes images of any
+        size (Deep Dream runs it on photos), the dense part only the trained size.
+        """
+        if upto is not None and upto not in self.LAYERS:
+            raise ValueError(f"upto must be one of {self.LAYERS}, got {upto!r}")
+        steps = (
+            ("conv1", lambda v: self.conv1(x)),
+            ("pool1", lambda v: self.pool1(torch.relu(v))),
+            ("conv2", self.conv2),
+            ("pool2", lambda v: self.pool2(torch.relu(v))),
+            ("fc1", lambda v: self.fc1(v.flatten(1))),
+            ("logits", lambda v: self.fc2(torch.relu(v))),
+        )
+        out: Dict[str, torch.Tensor] = {}
+        value = x
+        for name, step in steps:
+            value = out[name] = step(value)
+            if name == upto:
+                break
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
