@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ._figure import image_grid, save
+from ._figure import image_grid, new_figure, save
 
 
 @dataclass
@@ -65,10 +65,13 @@ def gradient_ascent(objective: Callable[[torch.Tensor], torch.Tensor], start: np
     return Maximized(x.detach().numpy(), start_value, final_value)
 
 
-def _start(n: int, shape, seed: int, level: float) -> np.ndarray:
-    """Faint noise around ``level``, so no pixel starts stuck at a bound."""
+def _start(n: int, shape, seed: int) -> np.ndarray:
+    """Faint noise near 0, like a digit's background: pixels the model never sees
+    (the last rows and columns, which the second pooling drops) stay background,
+    and with L1 the pull toward zero and the class's pull toward ink start from the
+    same place. Not exactly 0, so no pixel starts stuck at the lower bound."""
     rng = np.random.default_rng(seed)
-    return (level + 0.05 * rng.standard_normal((n,) + tuple(shape))).clip(0, 1).astype(np.float32)
+    return (0.1 + 0.05 * rng.standard_normal((n,) + tuple(shape))).clip(0, 1).astype(np.float32)
 
 
 def _input_shape(model):
@@ -88,9 +91,7 @@ def filter_inputs(model, filters: Sequence[int] = range(12), layer: str = "conv2
         acts = model.activations(x)[layer]
         return acts[torch.arange(len(filters)), index].sum(dim=(1, 2))
 
-    # Start from mid-grey: from a blank image a filter whose first-layer inputs are
-    # all cut off by ReLU gets no gradient at all.
-    result = gradient_ascent(degree, _start(len(filters), _input_shape(model), seed, 0.5), steps, lr)
+    result = gradient_ascent(degree, _start(len(filters), _input_shape(model), seed), steps, lr)
     titles = [f"filter {k + 1}\na={v:.0f}" for k, v in zip(filters, result.final_objective)]
     fig = image_grid([im[0] for im in result.images], titles, ncols=6, vmin=0, vmax=1,
                      suptitle=f"x* = argmax a^k for filters {filters[0] + 1}-{filters[-1] + 1} of {layer} "
@@ -109,7 +110,7 @@ def neuron_inputs(model, neurons: Sequence[int] = range(18), layer: str = "fc1",
     def output(x):
         return model.activations(x)[layer][torch.arange(len(neurons)), index]
 
-    result = gradient_ascent(output, _start(len(neurons), _input_shape(model), seed, 0.5), steps, lr)
+    result = gradient_ascent(output, _start(len(neurons), _input_shape(model), seed), steps, lr)
     titles = [f"neuron {j + 1}" for j in neurons]
     fig = image_grid([im[0] for im in result.images], titles, ncols=6, vmin=0, vmax=1,
                      suptitle=f"x* = argmax a_j for neurons of the dense layer {layer}")
@@ -130,9 +131,7 @@ def class_inputs(model, l1: float = 0.0, classes: Optional[Sequence[int]] = None
     def logit(x):
         return model.activations(x)["logits"][torch.arange(len(classes)), index]
 
-    # Start nearly blank, like a digit's background, so the L1 term's pull toward
-    # zero and the class's pull toward ink start from the same place.
-    result = gradient_ascent(logit, _start(len(classes), _input_shape(model), seed, 0.1), steps, lr, l1=l1)
+    result = gradient_ascent(logit, _start(len(classes), _input_shape(model), seed), steps, lr, l1=l1)
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(result.images)), 1).numpy()
     result.confidence = probs[np.arange(len(classes)), classes]
@@ -143,3 +142,40 @@ def class_inputs(model, l1: float = 0.0, classes: Optional[Sequence[int]] = None
                      suptitle=f"x* = argmax (y_i - lambda sum|x_ij|) {label}; p = the model's confidence")
     save(fig, path)
     return result
+
+
+def plot_activation_degree(model, image: np.ndarray, layer: str = "conv2", path: Optional[str] = None) -> np.ndarray:
+    """For one (1, H, W) image: the output a^k_ij of the filter with the largest
+    activation degree, and the degree a^k = sum_ij a^k_ij of every filter of
+    ``layer``. Returns the degrees (K,)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[0] != 1:
+        raise ValueError(f"image must have shape (1, H, W), got {image.shape}")
+    with torch.no_grad():
+        model.eval()
+        maps = model.activations(torch.from_numpy(image)[None], upto=layer)[layer][0].numpy()
+    degrees = maps.sum(axis=(1, 2))
+    best = int(np.argmax(degrees))
+    fig = new_figure(13, 3.6)
+    grid = fig.add_gridspec(1, 3, width_ratios=[1, 1.2, 3.4])
+    ax = fig.add_subplot(grid[0])
+    ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title("input x", fontsize=9)
+    ax.axis("off")
+    ax = fig.add_subplot(grid[1])
+    lim = float(np.abs(maps[best]).max()) or 1.0
+    ax.imshow(maps[best], cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_title(f"a^k_ij of filter {best + 1} ({maps.shape[1]}x{maps.shape[2]})\n"
+                 f"a^k = sum = {degrees[best]:.1f}", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax = fig.add_subplot(grid[2])
+    colours = ["tab:red" if d > 0 else "tab:blue" for d in degrees]
+    ax.bar(np.arange(1, len(degrees) + 1), degrees, color=colours)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel(f"filter k of {layer}")
+    ax.set_ylabel("activation degree a^k")
+    ax.set_title(f"how strongly each of the {len(degrees)} filters is activated by this input", fontsize=9)
+    fig.tight_layout()
+    save(fig, path)
+    return degrees

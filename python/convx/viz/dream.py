@@ -53,7 +53,7 @@ def _as_model_input(photo: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def deep_dream(model, photo: np.ndarray, layer: str = "conv2", filter: Optional[int] = None, octaves: int = 3,
-               octave_scale: float = 1.5, steps: int = 20, step_size: float = 0.02, jitter: int = 2,
+               octave_scale: float = 1.5, steps: int = 10, step_size: float = 0.01, jitter: int = 2,
                seed: int = 0, path: Optional[str] = None) -> Dream:
     """Dream ``photo`` ((3, H, W) in [0, 1]) with ``layer`` (and ``filter``) of
     ``model``; writes a before/after/difference PNG when ``path`` is given."""
@@ -64,6 +64,9 @@ def deep_dream(model, photo: np.ndarray, layer: str = "conv2", filter: Optional[
         raise ValueError(f"octaves must be >= 1, got {octaves!r}")
     if octave_scale <= 1:
         raise ValueError(f"octave_scale must be > 1, got {octave_scale!r}")
+    layers = getattr(model, "LAYERS", None)
+    if layers is not None and layer not in layers:
+        raise ValueError(f"layer must be one of {layers}, got {layer!r}")
     model.eval()
     in_channels = model.conv1.in_channels
     objective = layer_objective(model, layer, filter)

@@ -237,8 +237,10 @@ def style_transfer(content: np.ndarray, style: np.ndarray, net: Optional[torch.n
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         ax = fig.add_subplot(1, 4, 4)
-        ax.semilogy(result.style_loss, label="style (Gram) loss")
-        ax.semilogy(result.content_loss, label="content loss")
+        # From the first step on: the start is the content photo, content loss 0.
+        evals = np.arange(1, len(result.style_loss))
+        ax.semilogy(evals, result.style_loss[1:], label="style (Gram) loss")
+        ax.semilogy(evals, result.content_loss[1:], label="content loss")
         ax.set_xlabel("loss evaluation")
         ax.legend(fontsize=8)
         ax.set_title("losses (relative to their targets)", fontsize=9)
