@@ -2,7 +2,6 @@
 IDX files, photos."""
 import gzip
 import importlib.util
-import os
 import struct
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """``convx demo --quick`` writes every output, and the report shows every picture."""
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,5 @@
 """convx.models: the seed's digits CNN (shapes, convx layers, training, save/load)
 and AlphaGo's policy network."""
-import numpy as np
 import pytest
 import torch
 
