@@ -247,18 +247,20 @@ def _paragraphs(m: Dict) -> Dict[str, str]:
             "The second conv layer's filter k outputs an 11x11 matrix a^k_ij (“第二个卷积层第k个filter的输出为 "
             "11x11 的矩阵”). Its activation degree a^k = Σ_i Σ_j a^k_ij says how much the input matches the "
             "filter. Left: a held-out digit; middle: the 11x11 output of the filter it excites most; right: a^k "
-            "for all 50 filters."),
+            "for all 50 filters. The outputs are taken before the ReLU, so a filter whose pattern is absent sums "
+            "to a negative degree."),
         "conv2_filter_inputs.png": (
             "x* = argmax_x a^k, found as the chapter says by gradient methods on the input with the weights "
-            "fixed (“通过梯度下降求解使 k-th filter 激活程度最大的 input”), for the first 12 of the 50 filters of "
-            "the second layer. As in the chapter (“对应的输入均是各种各样的条纹状”), most are stripe patterns of "
-            "different orientations and spacings: the layer detects local stripes. The titles give a^k of x*; "
-            "the typical a^k on held-out digits is in metrics.json. A few filters respond mainly to the image "
-            "border or barely at all (negative a^k even for their x*)."),
+            "fixed (“通过梯度下降求解使 k^th filter 激活程度最大的 input”), for the first 12 of the 50 filters of "
+            "the second layer. As in the chapter (“对应的输入均是各种各样的条纹状”), several are stripe "
+            "patterns of different orientations and spacings: such filters detect local stripes. Others respond "
+            "mostly to strokes near the image border, and a filter whose a^k stays negative even for its own x* "
+            "is barely used by the network. The titles give a^k of x*; the typical a^k on held-out digits, far "
+            "lower, is in metrics.json."),
         "dense_neuron_inputs.png": (
             "x* = argmax_x a_j for neurons of the dense layer (the 18 most active on held-out digits). Unlike the "
             "conv filters, each covers the whole image (“其检测的是整个图片的特征”): large strokes and arcs "
-            "spread over the 28x28 canvas, some already digit-like."),
+            "spread over the 28x28 canvas, some resembling parts of digits."),
         "class_inputs.png": (
             "x* = argmax_x y_i for each output class, without regularization. The chapter observes these are "
             "not the digits people write but what the machine thinks a digit should look like "
