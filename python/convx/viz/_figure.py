@@ -1,4 +1,4 @@
-"""Shared matplotlib helpers: figures are built with matplotlib.figure.Figure (no
+"""Figure building blocks shared by convx.viz: figures are built with matplotlib.figure.Figure (no
 pyplot state, no display needed) and written as PNG."""
 from __future__ import annotations
 

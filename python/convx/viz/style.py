@@ -241,6 +241,7 @@ def style_transfer(content: np.ndarray, style: np.ndarray, net: Optional[torch.n
         evals = np.arange(1, len(result.style_loss))
         ax.semilogy(evals, result.style_loss[1:], label="style (Gram) loss")
         ax.semilogy(evals, result.content_loss[1:], label="content loss")
+        ax.set_ylim(bottom=min(result.style_loss) / 3)    # the content curve's first tiny values add nothing
         ax.set_xlabel("loss evaluation")
         ax.legend(fontsize=8)
         ax.set_title("losses (relative to their targets)", fontsize=9)
