@@ -6,6 +6,17 @@
 #include <cmath>
 #include <limits>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "convx/cpu_info.h"
+#define CONVX_POOL_AVX512 1
+#else
+#define CONVX_POOL_AVX512 0
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CONVX_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -91,8 +102,69 @@ CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int6
   }
 }
 
+#if CONVX_POOL_AVX512
+// float, stride 1 or 2, written with AVX-512 intrinsics: the auto-vectorized loop
+// above only runs its vector body on rows longer than its strided over-read
+// allows, so on a 56-wide row most outputs fell to its scalar remainder, which
+// branches on every compare (and mispredicts half of them on random data).
+// Lanes = 16 consecutive output columns; the last block overlaps the one before
+// (recomputing an output is harmless). The running maximum and the winning tap
+// (i*W + j from the window's corner, int32: the caller checks kernel_h*W < 2**31)
+// stay in registers. Stride 2 gathers the even positions from two loads with one
+// permute; the second load is masked to 15 lanes, so nothing past the last tap
+// is touched. Returns the first column it did not handle.
+__attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_avx512(const float* at, int64_t sw,
+                                                                                __m512i even) {
+  if (sw == 1) return _mm512_loadu_ps(at);
+  const __m512 a = _mm512_loadu_ps(at), b = _mm512_maskz_loadu_ps(__mmask16(0x7FFF), at + 16);
+  return _mm512_permutex2var_ps(a, even, b);
+}
+
+__attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int64_t W, int64_t h0, int64_t rows,
+                                                           int64_t kw, int64_t sw, int64_t pad, int64_t ow_lo,
+                                                           int64_t ow_hi, float* out, int64_t* idx) {
+  if ((sw != 1 && sw != 2) || ow_hi - ow_lo < 16) return ow_lo;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  // lane * stride for the 16 lanes, as two int64 halves
+  __m512i lane_lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  __m512i lane_hi = _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15);
+  if (sw == 2) {
+    lane_lo = _mm512_add_epi64(lane_lo, lane_lo);
+    lane_hi = _mm512_add_epi64(lane_hi, lane_hi);
+  }
+  for (int64_t block = ow_lo; block < ow_hi; block += 16) {
+    const int64_t ow0 = std::min(block, ow_hi - 16);
+    const float* corner = in + h0 * W + ow0 * sw - pad;
+    __m512 best = load_lanes_avx512(corner, sw, even);  // the first tap seeds the maximum, as in pool_row_interior
+    __m512i tap = _mm512_setzero_si512();
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
+        const __m512 v = load_lanes_avx512(corner + i * W + j, sw, even);
+        const __mmask16 take =
+            _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // NaN wins
+        best = _mm512_mask_mov_ps(best, take, v);
+        tap = _mm512_mask_mov_epi32(tap, take, _mm512_set1_epi32(int32_t(i * W + j)));
+      }
+    _mm512_storeu_ps(out + ow0, best);
+    // index = corner index + lane * stride + tap, in int64
+    const __m512i base = _mm512_set1_epi64(h0 * W + ow0 * sw - pad);
+    const __m512i lo = _mm512_add_epi64(_mm512_add_epi64(base, lane_lo),
+                                        _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tap)));
+    const __m512i hi = _mm512_add_epi64(_mm512_add_epi64(base, lane_hi),
+                                        _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(tap, 1)));
+    _mm512_storeu_si512(idx + ow0, lo);
+    _mm512_storeu_si512(idx + ow0 + 8, hi);
+  }
+  return ow_hi;
+}
+#endif
+
 template <typename T>
 void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+#if CONVX_POOL_AVX512
+  const bool use_avx512 = std::is_same<T, float>::value && simd_level() == "avx512" &&
+                          double(p.kernel_h) * double(p.W) < 2147483647.0;
+#endif
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t planes = p.N * p.C;
   const int64_t kw = p.kernel_w, sw = p.stride_w, pw = p.pad_w;
@@ -111,12 +183,17 @@ void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* outpu
       T* out_row = out + oh * OW;
       int64_t* idx_row = idx + oh * OW;
       for (int64_t ow = 0; ow < ow_lo; ++ow) pool_window(p, in, h0, h_end, ow, out_row + ow, idx_row + ow);
+      int64_t done = ow_lo;
+#if CONVX_POOL_AVX512
+      if constexpr (std::is_same<T, float>::value)
+        if (use_avx512) done = pool_row_avx512(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+#endif
       if (sw == 1)
-        pool_row_interior<T, 1>(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+        pool_row_interior<T, 1>(in, p.W, h0, h_end - h0, kw, sw, pw, done, ow_hi, out_row, idx_row);
       else if (sw == 2)
-        pool_row_interior<T, 2>(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+        pool_row_interior<T, 2>(in, p.W, h0, h_end - h0, kw, sw, pw, done, ow_hi, out_row, idx_row);
       else
-        pool_row_interior<T, 0>(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+        pool_row_interior<T, 0>(in, p.W, h0, h_end - h0, kw, sw, pw, done, ow_hi, out_row, idx_row);
       for (int64_t ow = ow_hi; ow < OW; ++ow) pool_window(p, in, h0, h_end, ow, out_row + ow, idx_row + ow);
     }
   }
