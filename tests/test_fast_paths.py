@@ -148,8 +148,30 @@ def test_winograd_refuses_other_layers(kwargs, algo):
         _C.conv2d_forward(p, x, w, None, y, algo)
 
 
+@pytest.mark.parametrize("layer", WINOGRAD_LAYERS, ids=[str(c[:5]) for c in WINOGRAD_LAYERS])
+def test_winograd_weight_gradient_against_float64_reference(layer):
+    N, C, H, W, K, pads = layer
+    p = _conv_params(N, C, H, W, K, pads)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, C, H, W))
+    gy = rng.standard_normal((N, K, p.out_h(), p.out_w()))
+    ref = np.empty((K, C, 3, 3))
+    _C.conv2d_backward_weight(p, gy, x, ref, "direct")
+    gemm = np.empty((K, C, 3, 3), np.float32)
+    _C.conv2d_backward_weight(p, gy.astype(np.float32), x.astype(np.float32), gemm, "im2col")
+    for dtype in (np.float64, np.float32):
+        gw = np.empty((K, C, 3, 3), dtype)
+        # Either tile size asks for Winograd; the weight gradient has one form, F(3x3, 2x2).
+        for algo in WINOGRAD_ALGOS:
+            assert _C.conv2d_backward_weight(p, gy.astype(dtype), x.astype(dtype), gw, algo) == "winograd_2x2"
+            if dtype == np.float64:
+                assert _rel_err(gw, ref) <= 1e-12
+            else:  # about a float32 GEMM's error
+                assert _rel_err(gw, ref) <= max(4 * _rel_err(gemm, ref), 1e-6)
+
+
 @pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
-def test_winograd_model_trains_with_weight_gradient_by_im2col(algo):
+def test_winograd_model_trains(algo):
     torch = pytest.importorskip("torch")
     import convx
     import convx.functional as F
@@ -157,13 +179,16 @@ def test_winograd_model_trains_with_weight_gradient_by_im2col(algo):
     w = torch.randn(8, 16, 3, 3, dtype=torch.float64, requires_grad=True)
     with convx.record_algos() as log:
         F.conv2d(x, w, padding=1, algo=algo).square().sum().backward()
-    assert log == [f"conv2d_forward:{algo}", f"conv2d_backward_data:{algo}", "conv2d_backward_weight:im2col"]
+    assert log == [f"conv2d_forward:{algo}", f"conv2d_backward_data:{algo}", "conv2d_backward_weight:winograd_2x2"]
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     torch.nn.functional.conv2d(x2, w2, padding=1).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(w.grad, w2.grad, rtol=1e-10, atol=1e-10)
     assert torch.autograd.gradcheck(lambda a, b: F.conv2d(a, b, padding=1, algo=algo),
                                     (x[:1, :, :6, :6].detach().requires_grad_(), w.detach().requires_grad_()))
+    assert torch.autograd.gradgradcheck(lambda a, b: F.conv2d(a, b, padding=1, algo=algo),
+                                        (x[:1, :4, :5, :5].detach().requires_grad_(),
+                                         w[:2, :4].detach().requires_grad_()))
 
 
 # ---- im2col + GEMM in column blocks ----------------------------------------------------

@@ -18,9 +18,9 @@ enum class Conv2dDirection { Forward, BackwardData, BackwardWeight };
 Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction);
 
 // Each entry point resolves Auto through conv2d_choose_algo and returns the
-// algorithm that actually ran. Winograd (both tile sizes) exists for forward and backward-data of
-// 3x3 stride-1 layers: asking for it on other layers raises, except for backward-weight,
-// which then runs im2col (so a model forced to 'winograd' still trains).
+// algorithm that actually ran. Winograd exists for all three directions of 3x3
+// stride-1 layers (asking for it on other layers raises); the weight gradient has
+// one form, F(3x3, 2x2), which runs for either tile size (reported as winograd_2x2).
 
 // output = conv(input, weight) + bias (bias may be null).
 template <typename T>
@@ -61,6 +61,10 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
 template <typename T>
 void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
                                        T* grad_input, int64_t tile);
+// Weight gradient by F(3x3, 2x2) (the transpose of F(2x2, 3x3)).
+template <typename T>
+void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                         T* grad_weight);
 
 // ---- im2col + GEMM ---------------------------------------------------------------
 template <typename T>

@@ -71,8 +71,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // it needs enough 2x2 tiles in the batch (measured on one core: the AlphaGo body
   // at batch 1, 100 tiles, and 7x7 images at batch 8, 128 tiles, already win).
   const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
-  if (direction != Conv2dDirection::BackwardWeight && conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 &&
-      tiles >= 64)
+  if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && tiles >= 64)
     return Conv2dAlgo::Winograd2x2;
   return Conv2dAlgo::Im2col;
 }
@@ -431,8 +430,13 @@ template <typename T>
 Conv2dAlgo conv2d_backward_weight_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                       T* grad_weight, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardWeight);
-  if (is_winograd(algo)) algo = Conv2dAlgo::Im2col;  // no Winograd weight gradient
-  if (algo == Conv2dAlgo::Direct)
+  if (is_winograd(algo)) {
+    require_winograd(p, algo);
+    algo = Conv2dAlgo::Winograd2x2;  // the one weight-gradient form, F(3x3, 2x2)
+  }
+  if (algo == Conv2dAlgo::Winograd2x2)
+    conv2d_backward_weight_winograd_cpu(p, grad_output, input, grad_weight);
+  else if (algo == Conv2dAlgo::Direct)
     conv2d_backward_weight_direct_cpu(p, grad_output, input, grad_weight);
   else
     conv2d_backward_weight_im2col_cpu(p, grad_output, input, grad_weight);
