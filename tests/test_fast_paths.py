@@ -67,6 +67,18 @@ def test_max_pool2d_rows_matches_reference_on_wide_rows(k, s, pad):
     np.testing.assert_array_equal(i, i_ref)
 
 
+
+@pytest.mark.parametrize("H,W,k,s", [(26, 26, (2, 2), (2, 2)), (11, 11, (2, 2), (2, 2)), (7, 7, (3, 3), (2, 2)),
+                                     (7, 5, (2, 2), (1, 1)), (6, 31, (3, 2), (1, 2)), (9, 9, (4, 4), (3, 3))])
+def test_max_pool2d_narrow_planes_match_reference(H, W, k, s):
+    # Rows narrower than a vector take the gather kernel (whole planes, 16 outputs
+    # at a time, a masked tail); planes of 4 to 45 outputs cover full and partial vectors.
+    p = _pool_params(3, 5, H, W, k, s, (0, 0))
+    x = _awkward_values(np.random.default_rng(1), (3, 5, H, W), np.float32)
+    (y, i), (y_ref, i_ref) = _pool_both(p, x)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(i, i_ref)
+
 # ---- Winograd F(4x4, 3x3) ----------------------------------------------------------
 
 def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, groups=1):

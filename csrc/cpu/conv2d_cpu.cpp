@@ -67,11 +67,13 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // Winograd F(2x2, 3x3) does 2.25x fewer multiplies than im2col + GEMM at about
   // the same float32 error (F(4x4) does 4x fewer, but with ~20x the rounding
   // error, which compounds through deep stacks: opt-in only). It pays a transform
-  // per tile, so it needs enough channels to amortize it, and one per filter, so
-  // it needs enough 2x2 tiles in the batch (measured on one core: the AlphaGo body
-  // at batch 1, 100 tiles, and 7x7 images at batch 8, 128 tiles, already win).
+  // per tile and channel, so it needs wide layers to amortize them, and one per
+  // filter, so it needs enough 2x2 tiles in the batch. Measured on one core:
+  // 64 -> 128 channels and the AlphaGo body (192 -> 192) at batch 1 (100 tiles)
+  // win; 64 -> 64 on 56x56 is even with im2col; the seed's 25 -> 50 digits layer
+  // loses by 2x (its GEMMs are too thin for the transforms to pay off).
   const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
-  if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && tiles >= 64)
+  if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 8192 && tiles >= 64)
     return Conv2dAlgo::Winograd2x2;
   return Conv2dAlgo::Im2col;
 }
@@ -200,11 +202,20 @@ void conv2d_backward_bias_cpu(const Conv2dParams& p, const T* grad_output, T* gr
   const int64_t plane = p.out_h() * p.out_w();
 #pragma omp parallel for schedule(static) if (double(p.N) * double(p.K) * double(plane) > kParallelMinFlops)
   for (int64_t k = 0; k < p.K; ++k) {
-    Acc acc = 0;
+    // kLanes independent partial sums: one running sum would wait on the add
+    // latency for every element; these vectorize. The order is fixed, so the
+    // result is the same for any thread count.
+    constexpr int64_t kLanes = 16;
+    Acc part[kLanes] = {};
     for (int64_t n = 0; n < p.N; ++n) {
       const T* g = grad_output + (n * p.K + k) * plane;
-      for (int64_t i = 0; i < plane; ++i) acc += Acc(g[i]);
+      int64_t i = 0;
+      for (; i + kLanes <= plane; i += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) part[l] += Acc(g[i + l]);
+      for (; i < plane; ++i) part[0] += Acc(g[i]);
     }
+    Acc acc = 0;
+    for (int64_t l = 0; l < kLanes; ++l) acc += part[l];
     grad_bias[k] = T(acc);
   }
 }

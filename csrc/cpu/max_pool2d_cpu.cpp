@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -159,6 +160,61 @@ __attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int6
 }
 #endif
 
+#if CONVX_POOL_AVX512
+// Whole planes of narrow outputs (fewer than 16 columns, where a row holds no
+// full vector): lanes = 16 consecutive outputs of the flattened plane, inputs
+// fetched with gathers from each lane's window corner. Only for windows that all
+// lie inside the plane (no padding, no ceil_mode overhang) and planes whose flat
+// indices fit int32; the same compare-and-select sequence as pool_row_avx512.
+// `corners` holds each output's window corner h*W + w (the same for every plane).
+__attribute__((target("avx512f"))) void pool_plane_gather_avx512(const float* in, int64_t W, int64_t kh,
+                                                                 int64_t kw, const int32_t* corners,
+                                                                 int64_t outputs, float* out, int64_t* idx) {
+  for (int64_t o0 = 0; o0 < outputs; o0 += 16) {
+    const __mmask16 lanes = outputs - o0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (outputs - o0)) - 1);
+    const __m512i corner = _mm512_maskz_loadu_epi32(lanes, corners + o0);
+    __m512 best = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, corner, in, 4);
+    __m512i tap = _mm512_setzero_si512();
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
+        const __m512i offset = _mm512_set1_epi32(int32_t(i * W + j));
+        const __m512 v =
+            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, _mm512_add_epi32(corner, offset), in, 4);
+        const __mmask16 take =
+            (_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)) & lanes;
+        best = _mm512_mask_mov_ps(best, take, v);
+        tap = _mm512_mask_mov_epi32(tap, take, offset);
+      }
+    _mm512_mask_storeu_ps(out + o0, lanes, best);
+    const __m512i flat = _mm512_add_epi32(corner, tap);
+    _mm512_mask_storeu_epi64(idx + o0, __mmask8(lanes), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat)));
+    _mm512_mask_storeu_epi64(idx + o0 + 8, __mmask8(lanes >> 8),
+                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(flat, 1)));
+  }
+}
+
+template <typename T>
+bool max_pool2d_forward_gather_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+  const int64_t OH = p.out_h(), OW = p.out_w();
+  const bool applies = std::is_same<T, float>::value && OW < 16 && p.pad_h == 0 && p.pad_w == 0 &&
+                       (OH - 1) * p.stride_h + p.kernel_h <= p.H && (OW - 1) * p.stride_w + p.kernel_w <= p.W &&
+                       double(p.H) * double(p.W) < 2147483647.0 && simd_level() == "avx512";
+  if (!applies) return false;
+  if constexpr (std::is_same<T, float>::value) {
+    std::vector<int32_t> corners(OH * OW);
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) corners[oh * OW + ow] = int32_t(oh * p.stride_h * p.W + ow * p.stride_w);
+    const int64_t planes = p.N * p.C, outputs = OH * OW;
+    const double taps = double(planes) * double(outputs) * double(p.kernel_h) * double(p.kernel_w);
+#pragma omp parallel for schedule(static) if (taps > 65536.0)
+    for (int64_t plane = 0; plane < planes; ++plane)
+      pool_plane_gather_avx512(input + plane * p.H * p.W, p.W, p.kernel_h, p.kernel_w, corners.data(), outputs,
+                               output + plane * outputs, indices + plane * outputs);
+  }
+  return true;
+}
+#endif
+
 template <typename T>
 void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
 #if CONVX_POOL_AVX512
@@ -223,6 +279,9 @@ void max_pool2d_forward_reference_cpu(const Pool2dParams& p, const T* input, T* 
 
 template <typename T>
 void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+#if CONVX_POOL_AVX512
+  if (p.dilation_h == 1 && p.dilation_w == 1 && max_pool2d_forward_gather_cpu(p, input, output, indices)) return;
+#endif
   if (p.dilation_h == 1 && p.dilation_w == 1)
     max_pool2d_forward_rows_cpu(p, input, output, indices);
   else
