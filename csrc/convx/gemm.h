@@ -13,6 +13,12 @@ template <typename T>
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
               const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// C (M x N) = A (M x K) * B (N x K)^T + beta * C for small M x N and long K (dot
+// products vectorized along K), e.g. the weight gradient of a few-tap layer.
+template <typename T>
+void gemm_abt_small_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta,
+                        T* C, int64_t ldc);
+
 // The plain triple loop, kept as the reference the fast GEMM is tested against.
 template <typename T>
 void gemm_reference_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,

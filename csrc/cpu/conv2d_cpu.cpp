@@ -402,8 +402,14 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
         gy = gy_block.data();
         ld = b.count;
       }
-      gemm_cpu<T>(false, true, Kg, CRS, b.count, gy, ld, col.data(), b.count, i == 0 ? T(0) : T(1),
-                  grad_weight + g * Kg * CRS, CRS);
+      // A handful of filter taps (one input channel): a small matrix of long dot
+      // products, which the packed GEMM would pad to 48-wide strips.
+      if (Kg * CRS <= 1024)
+        gemm_abt_small_cpu<T>(Kg, CRS, b.count, gy, ld, col.data(), b.count, i == 0 ? T(0) : T(1),
+                              grad_weight + g * Kg * CRS, CRS);
+      else
+        gemm_cpu<T>(false, true, Kg, CRS, b.count, gy, ld, col.data(), b.count, i == 0 ? T(0) : T(1),
+                    grad_weight + g * Kg * CRS, CRS);
     }
 }
 
