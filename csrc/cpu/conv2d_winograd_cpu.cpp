@@ -171,6 +171,40 @@ struct WinogradF2 {
   }
 };
 
+// The input transform of one channel over the tiles of a block: gather the
+// patches lane by lane (d[u][v][t]), then B^T d over u (into e), then (.) B over v,
+// as vector operations across tiles; the result for position xi and tile t goes
+// to out[xi * out_stride + t]. `channel` is the channel's plane in image 0 and
+// `image_stride` one image's size; tile t = rb * tw + j is tile column j of tile
+// row tr of image n, with (n, tr) = divmod(row0 + rb, th). d and e hold kXi * tiles.
+template <typename F, typename T>
+void input_tiles(const T* channel, int64_t image_stride, int64_t H, int64_t W, int64_t pad_top, int64_t pad_left,
+                 int64_t row0, int64_t rows, int64_t th, int64_t tw, T* d, T* e, T* out, int64_t out_stride) {
+  constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
+  const int64_t tiles = rows * tw;
+  for (int64_t rb = 0; rb < rows; ++rb) {
+    const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
+    const T* plane = channel + n * image_stride;
+    for (int64_t u = 0; u < kPatch; ++u) {
+      const int64_t h = tr * kTile - pad_top + u;
+      const bool row_inside = h >= 0 && h < H;
+      const T* src = plane + h * W;
+      for (int64_t v = 0; v < kPatch; ++v) {
+        T* dst = d + (u * kPatch + v) * tiles + rb * tw;
+        for (int64_t j = 0; j < tw; ++j) {
+          const int64_t w = j * kTile - pad_left + v;
+          dst[j] = (row_inside && w >= 0 && w < W) ? src[w] : T(0);
+        }
+      }
+    }
+  }
+  // e[i][v] = sum_u B^T[i][u] d[u][v]: for each v, the u-rows are kPatch rows apart.
+  for (int64_t v = 0; v < kPatch; ++v) F::input_rows(d + v * tiles, kPatch * tiles, e + v * tiles, kPatch * tiles, tiles);
+  // out[i][j] = sum_v e[i][v] B[v][j]: for each i, the v-rows are adjacent.
+  for (int64_t i = 0; i < kPatch; ++i)
+    F::input_rows(e + i * kPatch * tiles, tiles, out + i * kPatch * out_stride, out_stride, tiles);
+}
+
 struct WinogradShape {
   int64_t N, C, H, W;   // input
   int64_t K, OH, OW;    // output
@@ -208,37 +242,16 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
     const int64_t b_size = gemm_packed_b_size<T>(C, tiles);
     const int64_t padded_tiles = b_size / C;
 
-    // Input transform, one channel at a time across all tiles of the block: gather
-    // the 6x6 patches lane by lane (d[u][v][t]), then B^T d (over u) and (.) B
-    // (over v) as vector operations across tiles, then copy each of the 36 rows
-    // into the GEMM's packed-B layout, a strip-wide run at a time.
+    // Input transform, one channel at a time across all tiles of the block, then
+    // each of the kXi rows copied into the GEMM's packed-B layout, a strip-wide
+    // run at a time.
 #pragma omp parallel if (parallel)
     {
       std::unique_ptr<T[]> d(new T[kXi * tiles]), e(new T[kXi * tiles]);
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) {
-        for (int64_t rb = 0; rb < rows; ++rb) {
-          const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
-          const T* plane = input + (n * C + c) * sh.H * sh.W;
-          for (int64_t u = 0; u < kPatch; ++u) {
-            const int64_t h = tr * kTile - sh.pad_top + u;
-            const bool row_inside = h >= 0 && h < sh.H;
-            const T* src = plane + h * sh.W;
-            for (int64_t v = 0; v < kPatch; ++v) {
-              T* dst = d.get() + (u * kPatch + v) * tiles + rb * tw;
-              for (int64_t j = 0; j < tw; ++j) {
-                const int64_t w = j * kTile - sh.pad_left + v;
-                dst[j] = (row_inside && w >= 0 && w < sh.W) ? src[w] : T(0);
-              }
-            }
-          }
-        }
-        // e[i][v] = sum_u B^T[i][u] d[u][v]: for each v, the six u-rows are kPatch rows apart.
-        for (int64_t v = 0; v < kPatch; ++v)
-          F::input_rows(d.get() + v * tiles, kPatch * tiles, e.get() + v * tiles, kPatch * tiles, tiles);
-        // V[i][j] = sum_v e[i][v] B[v][j]: for each i, the six v-rows are adjacent.
-        for (int64_t i = 0; i < kPatch; ++i)
-          F::input_rows(e.get() + i * kPatch * tiles, tiles, d.get() + i * kPatch * tiles, tiles, tiles);
+        input_tiles<F>(input + c * sh.H * sh.W, C * sh.H * sh.W, sh.H, sh.W, sh.pad_top, sh.pad_left, row0, rows,
+                       th, tw, d.get(), e.get(), d.get(), tiles);
         const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
         for (int64_t xi = 0; xi < kXi; ++xi) {
           T* dst = V.get() + xi * b_size;
@@ -371,30 +384,11 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
 #pragma omp parallel if (parallel)
     {
       std::unique_ptr<T[]> d(new T[kXi * tiles]), e(new T[kXi * tiles]);
-      // Input patches: X[xi][c][t] = (B^T x B)[xi], as in the forward transform.
+      // Input patches: X[xi][c][t] = (B^T x B)[xi], the forward's input transform.
 #pragma omp for schedule(static) nowait
       for (int64_t c = 0; c < C; ++c) {
-        for (int64_t rb = 0; rb < rows; ++rb) {
-          const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
-          const T* plane = input + (n * C + c) * p.H * p.W;
-          for (int64_t u = 0; u < kPatch; ++u) {
-            const int64_t h = tr * kTile - p.pad_top + u;
-            const bool row_inside = h >= 0 && h < p.H;
-            const T* src = plane + h * p.W;
-            for (int64_t v = 0; v < kPatch; ++v) {
-              T* dst = d.get() + (u * kPatch + v) * tiles + rb * tw;
-              for (int64_t j = 0; j < tw; ++j) {
-                const int64_t x = j * kTile - p.pad_left + v;
-                dst[j] = (row_inside && x >= 0 && x < p.W) ? src[x] : T(0);
-              }
-            }
-          }
-        }
-        for (int64_t v = 0; v < kPatch; ++v)
-          F::input_rows(d.get() + v * tiles, kPatch * tiles, e.get() + v * tiles, kPatch * tiles, tiles);
-        for (int64_t i = 0; i < kPatch; ++i)
-          F::input_rows(e.get() + i * kPatch * tiles, tiles, X.get() + (i * kPatch) * C * tiles + c * tiles,
-                        C * tiles, tiles);
+        input_tiles<F>(input + c * p.H * p.W, C * p.H * p.W, p.H, p.W, p.pad_top, p.pad_left, row0, rows, th, tw,
+                       d.get(), e.get(), X.get() + c * tiles, C * tiles);
       }
       // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi], (A y)_u = y0, y0 + y1, y0 - y1, -y1.
 #pragma omp for schedule(static)
