@@ -70,11 +70,11 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // error, which compounds through deep stacks: opt-in only). It pays a transform
   // per tile and channel, so it needs wide layers to amortize them, and one per
   // filter, so it needs enough 2x2 tiles in the batch. Measured on one core:
-  // 64 -> 128 channels and the AlphaGo body (192 -> 192) at batch 1 (100 tiles)
-  // win; 64 -> 64 on 56x56 is even with im2col; the seed's 25 -> 50 digits layer
-  // loses by 2x (its GEMMs are too thin for the transforms to pay off).
+  // 64 -> 64 on 56x56 and the AlphaGo body (192 -> 192) at batch 1 (100 tiles)
+  // win; the seed's 25 -> 50 digits layer loses by up to 1.6x (its GEMMs are too
+  // thin for the transforms to pay off).
   const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
-  if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 8192 && tiles >= 64)
+  if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && tiles >= 64)
     return Conv2dAlgo::Winograd2x2;
   return Conv2dAlgo::Im2col;
 }

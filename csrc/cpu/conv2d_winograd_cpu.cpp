@@ -43,6 +43,7 @@
 
 #include "convx/conv2d.h"
 #include "convx/gemm.h"
+#include "convx/simd.h"
 
 namespace convx {
 namespace {
@@ -178,23 +179,31 @@ struct WinogradF2 {
 // `image_stride` one image's size; tile t = rb * tw + j is tile column j of tile
 // row tr of image n, with (n, tr) = divmod(row0 + rb, th). d and e hold kXi * tiles.
 template <typename F, typename T>
-void input_tiles(const T* channel, int64_t image_stride, int64_t H, int64_t W, int64_t pad_top, int64_t pad_left,
+CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64_t H, int64_t W, int64_t pad_top, int64_t pad_left,
                  int64_t row0, int64_t rows, int64_t th, int64_t tw, T* d, T* e, T* out, int64_t out_stride) {
   constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
   const int64_t tiles = rows * tw;
+  // Each patch row is read from a zero-padded copy of the image row, so the
+  // gather below has no bounds tests: span = the tw tiles' columns plus overlap.
+  const int64_t span = tw * kTile + (kPatch - kTile);
+  T* padded = e;  // e is free until the first transform; kXi * tiles >= span
   for (int64_t rb = 0; rb < rows; ++rb) {
     const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
     const T* plane = channel + n * image_stride;
     for (int64_t u = 0; u < kPatch; ++u) {
       const int64_t h = tr * kTile - pad_top + u;
-      const bool row_inside = h >= 0 && h < H;
-      const T* src = plane + h * W;
+      // columns x of the span read image column x - pad_left
+      const int64_t x_lo = std::clamp<int64_t>(pad_left, 0, span), x_hi = std::clamp<int64_t>(W + pad_left, x_lo, span);
+      if (h < 0 || h >= H) {
+        std::fill(padded, padded + span, T(0));
+      } else {
+        std::fill(padded, padded + x_lo, T(0));
+        std::copy(plane + h * W + (x_lo - pad_left), plane + h * W + (x_hi - pad_left), padded + x_lo);
+        std::fill(padded + x_hi, padded + span, T(0));
+      }
       for (int64_t v = 0; v < kPatch; ++v) {
         T* dst = d + (u * kPatch + v) * tiles + rb * tw;
-        for (int64_t j = 0; j < tw; ++j) {
-          const int64_t w = j * kTile - pad_left + v;
-          dst[j] = (row_inside && w >= 0 && w < W) ? src[w] : T(0);
-        }
+        for (int64_t j = 0; j < tw; ++j) dst[j] = padded[j * kTile + v];
       }
     }
   }
@@ -203,6 +212,41 @@ void input_tiles(const T* channel, int64_t image_stride, int64_t H, int64_t W, i
   // out[i][j] = sum_v e[i][v] B[v][j]: for each i, the v-rows are adjacent.
   for (int64_t i = 0; i < kPatch; ++i)
     F::input_rows(e + i * kPatch * tiles, tiles, out + i * kPatch * out_stride, out_stride, tiles);
+}
+
+// The output transform of one filter over the tiles of a block: m[xi * m_stride + t]
+// through (.) A over the columns, then A^T over the rows, as vector operations
+// across tiles (f and y are scratch), then each m x m tile cropped into the image
+// (plane = the filter's plane in image 0, image_stride one image's size) with
+// the bias added.
+template <typename F, typename T>
+CONVX_SIMD_CLONES void output_tiles(const T* m, int64_t m_stride, T bias, T* plane, int64_t image_stride,
+                                    int64_t OH, int64_t OW, int64_t row0, int64_t rows, int64_t th, int64_t tw,
+                                    T* f, T* y) {
+  constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
+  const int64_t tiles = rows * tw;
+  // f[i][j'] = sum_j m[i][j] A[j][j']: the j-rows of one i are m_stride apart.
+  for (int64_t i = 0; i < kPatch; ++i)
+    F::output_rows(m + i * kPatch * m_stride, m_stride, f + i * kTile * tiles, tiles, tiles);
+  // y[r][j'] = sum_i A^T[r][i] f[i][j']: for each j', the i-rows are kTile rows apart.
+  for (int64_t jj = 0; jj < kTile; ++jj)
+    F::output_rows(f + jj * tiles, kTile * tiles, y + jj * tiles, kTile * tiles, tiles);
+  for (int64_t rb = 0; rb < rows; ++rb) {
+    const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
+    T* image = plane + n * image_stride;
+    for (int64_t r = 0; r < kTile; ++r) {
+      const int64_t oh = tr * kTile + r;
+      if (oh >= OH) break;
+      T* dst = image + oh * OW;
+      for (int64_t jj = 0; jj < kTile; ++jj) {
+        const T* src = y + (r * kTile + jj) * tiles + rb * tw;
+        for (int64_t j = 0; j < tw; ++j) {
+          const int64_t ow = j * kTile + jj;
+          if (ow < OW) dst[ow] = src[j] + bias;
+        }
+      }
+    }
+  }
 }
 
 struct WinogradShape {
@@ -279,32 +323,9 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
     {
       std::unique_ptr<T[]> f(new T[kPatch * kTile * tiles]), y(new T[kTile * kTile * tiles]);
 #pragma omp for schedule(static)
-      for (int64_t k = 0; k < K; ++k) {
-        const T* m = M.get() + k * tiles;  // m[xi][t] = m[xi * K * tiles + t]
-        // f[i][j'] = sum_j m[i][j] A[j][j']: the six j-rows of one i are K*tiles apart.
-        for (int64_t i = 0; i < kPatch; ++i)
-          F::output_rows(m + i * kPatch * K * tiles, K * tiles, f.get() + i * kTile * tiles, tiles, tiles);
-        // y[r][j'] = sum_i A^T[r][i] f[i][j']: for each j', the six i-rows are kTile rows apart.
-        for (int64_t jj = 0; jj < kTile; ++jj)
-          F::output_rows(f.get() + jj * tiles, kTile * tiles, y.get() + jj * tiles, kTile * tiles, tiles);
-        const T b = bias ? bias[k] : T(0);
-        for (int64_t rb = 0; rb < rows; ++rb) {
-          const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
-          T* plane = output + (n * K + k) * sh.OH * sh.OW;
-          for (int64_t r = 0; r < kTile; ++r) {
-            const int64_t oh = tr * kTile + r;
-            if (oh >= sh.OH) break;
-            T* dst = plane + oh * sh.OW;
-            for (int64_t jj = 0; jj < kTile; ++jj) {
-              const T* src = y.get() + (r * kTile + jj) * tiles + rb * tw;
-              for (int64_t j = 0; j < tw; ++j) {
-                const int64_t ow = j * kTile + jj;
-                if (ow < sh.OW) dst[ow] = src[j] + b;
-              }
-            }
-          }
-        }
-      }
+      for (int64_t k = 0; k < K; ++k)
+        output_tiles<F>(M.get() + k * tiles, K * tiles, bias ? bias[k] : T(0), output + k * sh.OH * sh.OW,
+                        K * sh.OH * sh.OW, sh.OH, sh.OW, row0, rows, th, tw, f.get(), y.get());
     }
   }
 }

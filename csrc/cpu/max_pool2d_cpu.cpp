@@ -18,11 +18,7 @@
 #define CONVX_POOL_AVX512 0
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CONVX_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CONVX_SIMD_CLONES
-#endif
+#include "convx/simd.h"
 
 namespace convx {
 namespace {
