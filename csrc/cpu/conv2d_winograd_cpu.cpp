@@ -53,54 +53,62 @@ namespace {
 // GEMMs to amortize packing U, little enough to stay near the caches.
 constexpr double kBlockBytes = 8.0 * 1024 * 1024;
 
-// U[xi] = the packed GEMM operand (out_channels x in_channels, a_size elements
-// apart) holding (G g G^T)[xi] for the filter g from input channel i to output
-// channel o, written straight into the packed layout. `rotate` reads the filter of the backward-data convolution from the
-// forward weight: g[r][s] = weight[i][o][2 - r][2 - s]. Filters go in chunks laid
-// out lane by lane (g[r][s][e]), so every step below is a vector operation across
-// kChunk filters, and each of the 36 output rows is written in contiguous runs.
+// One chunk of transform_filters: 8 output channels (one MR strip) from o0 and
+// up to 8 input channels from i0, written as one contiguous run per xi.
 template <typename F, typename T>
-void transform_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate, T* U) {
-  constexpr int64_t P = F::kPatch;
-  const PackedALayout layout = gemm_packed_a_layout(out_channels, in_channels);
-  const int64_t a_size = gemm_packed_a_size<T>(out_channels, in_channels);
+CONVX_SIMD_CLONES void transform_filter_chunk(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate,
+                                              int64_t o0, int64_t i0, int64_t mr, T* U, int64_t a_size,
+                                              int64_t at) {
+  constexpr int64_t P = F::kPatch, kChunk = 64, kRows = 8;
   T G[P][3];
   for (int64_t a = 0; a < P; ++a)
     for (int s = 0; s < 3; ++s) G[a][s] = T(F::G[a][s]);
-  // Chunks of 8 output channels (one MR strip of the packed layout) x 8 input
-  // channels: in the packed layout such a chunk is one contiguous run per xi, so
-  // all writes are sequential. Lane e holds o = o0 + e % 8, i = i0 + e / 8; lanes
-  // with o past the last channel hold zero, which the padding rows need.
-  constexpr int64_t kChunk = 64, kRows = 8;
-  static_assert(kChunk % kRows == 0, "a chunk is whole rows of the strip");
+  // Lane e holds o = o0 + e % mr, i = i0 + e / mr; lanes with o past the last
+  // channel hold zero, which the padding rows need.
+  const int64_t count = std::min(kRows, in_channels - i0) * mr;
+  T g[3][3][kChunk] = {};
+  for (int64_t e = 0; e < count; ++e) {
+    const int64_t o = o0 + e % mr, i = i0 + e / mr;
+    if (o >= out_channels) continue;
+    for (int r = 0; r < 3; ++r)
+      for (int s = 0; s < 3; ++s)
+        g[r][s][e] = rotate ? weight[((i * out_channels + o) * 3 + 2 - r) * 3 + 2 - s]
+                            : weight[((o * in_channels + i) * 3 + r) * 3 + s];
+  }
+  T Gg[P][3][kChunk];  // G g
+  for (int64_t a = 0; a < P; ++a)
+    for (int s = 0; s < 3; ++s)
+      for (int64_t e = 0; e < kChunk; ++e)
+        Gg[a][s][e] = G[a][0] * g[0][s][e] + G[a][1] * g[1][s][e] + G[a][2] * g[2][s][e];
+  for (int64_t a = 0; a < P; ++a)
+    for (int64_t b = 0; b < P; ++b) {
+      T* dst = U + (a * P + b) * a_size + at;  // (G g) G^T
+      for (int64_t e = 0; e < count; ++e)
+        dst[e] = Gg[a][0][e] * G[b][0] + Gg[a][1][e] * G[b][1] + Gg[a][2][e] * G[b][2];
+    }
+}
+
+// U[xi] = the packed GEMM operand (out_channels x in_channels, a_size elements
+// apart) holding (G g G^T)[xi] for the filter g from input channel i to output
+// channel o, written straight into the packed layout. `rotate` reads the filter
+// of the backward-data convolution from the forward weight: g[r][s] =
+// weight[i][o][2 - r][2 - s]. Filters go in chunks of 8 output channels (one MR
+// strip of the packed layout) x 8 input channels, laid out lane by lane
+// (g[r][s][e]), so every step is a vector operation across 64 filters and each
+// chunk is one contiguous run per xi in the packed layout.
+template <typename F, typename T>
+void transform_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate, T* U) {
+  const PackedALayout layout = gemm_packed_a_layout(out_channels, in_channels);
+  const int64_t a_size = gemm_packed_a_size<T>(out_channels, in_channels);
+  constexpr int64_t kRows = 8;
+  if (layout.mr != 8) throw std::logic_error("transform_filters: chunks assume 8-row packed strips");
   const int64_t strips = layout.padded_m / layout.mr, i_blocks = (in_channels + kRows - 1) / kRows;
   const int64_t chunks = strips * i_blocks;
-  if (layout.mr * kRows > kChunk) throw std::logic_error("transform_filters: chunk smaller than a packed strip");
 #pragma omp parallel for schedule(static) if (out_channels * in_channels > 4096)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t o0 = (chunk / i_blocks) * layout.mr, i0 = (chunk % i_blocks) * kRows;
-    const int64_t count = std::min(kRows, in_channels - i0) * layout.mr;
-    T g[3][3][kChunk] = {};
-    for (int64_t e = 0; e < count; ++e) {
-      const int64_t o = o0 + e % layout.mr, i = i0 + e / layout.mr;
-      if (o >= out_channels) continue;
-      for (int r = 0; r < 3; ++r)
-        for (int s = 0; s < 3; ++s)
-          g[r][s][e] = rotate ? weight[((i * out_channels + o) * 3 + 2 - r) * 3 + 2 - s]
-                              : weight[((o * in_channels + i) * 3 + r) * 3 + s];
-    }
-    T Gg[P][3][kChunk];  // G g
-    for (int64_t a = 0; a < P; ++a)
-      for (int s = 0; s < 3; ++s)
-        for (int64_t e = 0; e < kChunk; ++e)
-          Gg[a][s][e] = G[a][0] * g[0][s][e] + G[a][1] * g[1][s][e] + G[a][2] * g[2][s][e];
-    const int64_t at = layout.at(o0, i0);
-    for (int64_t a = 0; a < P; ++a)
-      for (int64_t b = 0; b < P; ++b) {
-        T* dst = U + (a * P + b) * a_size + at;  // (G g) G^T
-        for (int64_t e = 0; e < count; ++e)
-          dst[e] = Gg[a][0][e] * G[b][0] + Gg[a][1][e] * G[b][1] + Gg[a][2][e] * G[b][2];
-      }
+    transform_filter_chunk<F>(weight, out_channels, in_channels, rotate, o0, i0, layout.mr, U, a_size,
+                              layout.at(o0, i0));
   }
 }
 
@@ -368,6 +376,60 @@ void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_outp
                               no_bias, grad_input);
 }
 
+// The weight gradient's transform of one filter's output gradient over the tiles
+// of a block: gather the 2x2 tiles y (zero past the image edge), then
+// (A y A^T)[xi] with (A y)_u = y0, y0 + y1, y0 - y1, -y1 along each axis, as vector
+// operations across tiles, into out[xi * out_stride + t]. y and a are scratch
+// (4 and 8 rows of tiles).
+template <typename T>
+CONVX_SIMD_CLONES void grad_output_tiles(const T* plane0, int64_t image_stride, int64_t OH, int64_t OW, int64_t row0,
+                                         int64_t rows, int64_t th, int64_t tw, T* y, T* a, T* out,
+                                         int64_t out_stride) {
+  constexpr int64_t kTile = WinogradF2::kTile, kPatch = WinogradF2::kPatch;
+  const int64_t tiles = rows * tw;
+  for (int64_t rb = 0; rb < rows; ++rb) {
+    const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
+    const T* plane = plane0 + n * image_stride;
+    for (int64_t i = 0; i < kTile; ++i) {
+      const int64_t oh = tr * kTile + i;
+      for (int64_t j = 0; j < kTile; ++j) {
+        T* dst = y + (i * kTile + j) * tiles + rb * tw;
+        for (int64_t tc = 0; tc < tw; ++tc) {
+          const int64_t ow = tc * kTile + j;
+          dst[tc] = (oh < OH && ow < OW) ? plane[oh * OW + ow] : T(0);
+        }
+      }
+    }
+  }
+  // over i: a[u][j] = (A y[., j])_u
+  for (int64_t j = 0; j < kTile; ++j) {
+    const T* y0 = y + j * tiles;
+    const T* y1 = y + (kTile + j) * tiles;
+    T* a0 = a + (0 * kTile + j) * tiles;
+    T* a1 = a + (1 * kTile + j) * tiles;
+    T* a2 = a + (2 * kTile + j) * tiles;
+    T* a3 = a + (3 * kTile + j) * tiles;
+    for (int64_t t = 0; t < tiles; ++t) {
+      a0[t] = y0[t];
+      a1[t] = y0[t] + y1[t];
+      a2[t] = y0[t] - y1[t];
+      a3[t] = -y1[t];
+    }
+  }
+  // over j: out[u][v] = (A a[u, .])_v
+  for (int64_t u = 0; u < kPatch; ++u) {
+    const T* b0 = a + (u * kTile + 0) * tiles;
+    const T* b1 = a + (u * kTile + 1) * tiles;
+    T* o = out + (u * kPatch) * out_stride;
+    for (int64_t t = 0; t < tiles; ++t) {
+      o[t] = b0[t];
+      o[out_stride + t] = b0[t] + b1[t];
+      o[2 * out_stride + t] = b0[t] - b1[t];
+      o[3 * out_stride + t] = -b1[t];
+    }
+  }
+}
+
 // ---- backward-weight: F(3x3, 2x2) ------------------------------------------------
 // grad_weight[k, c, r, s] = sum_{n, oh, ow} grad_output[n, k, oh, ow] * input[n, c, oh - pad_top + r, ow - pad_left + s].
 // Cut grad_output into 2x2 tiles y; each meets a 4x4 input patch x (the same
@@ -413,52 +475,9 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
       }
       // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi], (A y)_u = y0, y0 + y1, y0 - y1, -y1.
 #pragma omp for schedule(static)
-      for (int64_t k = 0; k < K; ++k) {
-        T* y = d.get();  // y[i][j][t], 2 x 2 tiles
-        for (int64_t rb = 0; rb < rows; ++rb) {
-          const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
-          const T* plane = grad_output + (n * K + k) * OH * OW;
-          for (int64_t i = 0; i < kTile; ++i) {
-            const int64_t oh = tr * kTile + i;
-            for (int64_t j = 0; j < kTile; ++j) {
-              T* dst = y + (i * kTile + j) * tiles + rb * tw;
-              for (int64_t tc = 0; tc < tw; ++tc) {
-                const int64_t ow = tc * kTile + j;
-                dst[tc] = (oh < OH && ow < OW) ? plane[oh * OW + ow] : T(0);
-              }
-            }
-          }
-        }
-        // over i: a[u][j] = (A y[., j])_u
-        T* a = e.get();
-        for (int64_t j = 0; j < kTile; ++j) {
-          const T* y0 = y + j * tiles;
-          const T* y1 = y + (kTile + j) * tiles;
-          T* a0 = a + (0 * kTile + j) * tiles;
-          T* a1 = a + (1 * kTile + j) * tiles;
-          T* a2 = a + (2 * kTile + j) * tiles;
-          T* a3 = a + (3 * kTile + j) * tiles;
-          for (int64_t t = 0; t < tiles; ++t) {
-            a0[t] = y0[t];
-            a1[t] = y0[t] + y1[t];
-            a2[t] = y0[t] - y1[t];
-            a3[t] = -y1[t];
-          }
-        }
-        // over j: Y[u][v] = (A a[u, .])_v
-        for (int64_t u = 0; u < kPatch; ++u) {
-          const T* b0 = a + (u * kTile + 0) * tiles;
-          const T* b1 = a + (u * kTile + 1) * tiles;
-          T* out = Y.get() + (u * kPatch) * K * tiles + k * tiles;
-          const int64_t xs = K * tiles;
-          for (int64_t t = 0; t < tiles; ++t) {
-            out[t] = b0[t];
-            out[xs + t] = b0[t] + b1[t];
-            out[2 * xs + t] = b0[t] - b1[t];
-            out[3 * xs + t] = -b1[t];
-          }
-        }
-      }
+      for (int64_t k = 0; k < K; ++k)
+        grad_output_tiles(grad_output + k * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw, d.get(), e.get(),
+                          Y.get() + k * tiles, K * tiles);
     }
     // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
     for (int64_t xi = 0; xi < kXi; ++xi)

@@ -128,7 +128,7 @@ void run_micro_kernel(int64_t kc, const T* a_packed, const T* b_packed, T* C, in
 // loops follow the source layout (contiguous reads, strided writes into the
 // small strip), whichever way A is stored.
 template <typename T>
-void pack_a_strip(bool trans_a, const T* A, int64_t lda, int64_t i0, int64_t mr, int64_t p0, int64_t kc,
+CONVX_SIMD_CLONES void pack_a_strip(bool trans_a, const T* A, int64_t lda, int64_t i0, int64_t mr, int64_t p0, int64_t kc,
                   T* dst) {
   if (trans_a) {  // op(A)[i][p] = A[p][i]: rows of A are contiguous in i
     for (int64_t p = 0; p < kc; ++p) {
@@ -149,7 +149,7 @@ void pack_a_strip(bool trans_a, const T* A, int64_t lda, int64_t i0, int64_t mr,
 // Packs op(B)[p0:p0+kc, j0:j0+nr] into one kc x NR strip, zero-padded in n; again
 // reading B along its contiguous axis.
 template <typename T>
-void pack_b_strip(bool trans_b, const T* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nr,
+CONVX_SIMD_CLONES void pack_b_strip(bool trans_b, const T* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nr,
                   T* dst) {
   constexpr int64_t NR = kNR<T>;
   if (trans_b) {  // op(B)[p][j] = B[j][p]: rows of B are contiguous in p
