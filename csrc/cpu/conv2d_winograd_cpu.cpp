@@ -183,12 +183,13 @@ struct WinogradF2 {
 // The input transform of one channel over the tiles of a block: gather the
 // patches lane by lane (d[u][v][t]), then B^T d over u (into e), then (.) B over v,
 // as vector operations across tiles; the result for position xi and tile t goes
-// to out[xi * out_stride + t]. `channel` is the channel's plane in image 0 and
+// to out[xi * out_stride + (t / strip_width) * strip_stride + t % strip_width]. `channel` is the channel's plane in image 0 and
 // `image_stride` one image's size; tile t = rb * tw + j is tile column j of tile
 // row tr of image n, with (n, tr) = divmod(row0 + rb, th). d and e hold kXi * tiles.
 template <typename F, typename T>
 CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64_t H, int64_t W, int64_t pad_top, int64_t pad_left,
-                 int64_t row0, int64_t rows, int64_t th, int64_t tw, T* d, T* e, T* out, int64_t out_stride) {
+                 int64_t row0, int64_t rows, int64_t th, int64_t tw, T* d, T* e, T* out, int64_t out_stride,
+                 int64_t strip_width, int64_t strip_stride) {
   constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
   const int64_t tiles = rows * tw;
   // Each patch row is read from a zero-padded copy of the image row, so the
@@ -217,9 +218,15 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
   }
   // e[i][v] = sum_u B^T[i][u] d[u][v]: for each v, the u-rows are kPatch rows apart.
   for (int64_t v = 0; v < kPatch; ++v) F::input_rows(d + v * tiles, kPatch * tiles, e + v * tiles, kPatch * tiles, tiles);
-  // out[i][j] = sum_v e[i][v] B[v][j]: for each i, the v-rows are adjacent.
-  for (int64_t i = 0; i < kPatch; ++i)
-    F::input_rows(e + i * kPatch * tiles, tiles, out + i * kPatch * out_stride, out_stride, tiles);
+  // out[i][j] = sum_v e[i][v] B[v][j]: for each i, the v-rows are adjacent. Tiles
+  // are written in strips of strip_width, strip_stride apart (the GEMM's packed
+  // layout), so no copy is needed afterwards.
+  for (int64_t t0 = 0; t0 < tiles; t0 += strip_width) {
+    const int64_t n = std::min(strip_width, tiles - t0);
+    T* strip = out + (t0 / strip_width) * strip_stride;
+    for (int64_t i = 0; i < kPatch; ++i)
+      F::input_rows(e + i * kPatch * tiles + t0, tiles, strip + i * kPatch * out_stride, out_stride, n);
+  }
 }
 
 // The output transform of one filter over the tiles of a block: m[xi * m_stride + t]
@@ -294,27 +301,21 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
     const int64_t b_size = gemm_packed_b_size<T>(C, tiles);
     const int64_t padded_tiles = b_size / C;
 
-    // Input transform, one channel at a time across all tiles of the block, then
-    // each of the kXi rows copied into the GEMM's packed-B layout, a strip-wide
-    // run at a time.
+    // Input transform, one channel at a time across all tiles of the block, written
+    // straight into the GEMM's packed-B layout.
 #pragma omp parallel if (parallel)
     {
       std::unique_ptr<T[]> d(new T[kXi * tiles]), e(new T[kXi * tiles]);
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) {
-        input_tiles<F>(input + c * sh.H * sh.W, C * sh.H * sh.W, sh.H, sh.W, sh.pad_top, sh.pad_left, row0, rows,
-                       th, tw, d.get(), e.get(), d.get(), tiles);
         const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
-        for (int64_t xi = 0; xi < kXi; ++xi) {
-          T* dst = V.get() + xi * b_size;
-          const T* src = d.get() + xi * tiles;
-          for (int64_t t0 = 0; t0 < padded_tiles; t0 += row.nr) {
-            const int64_t count = std::min(row.nr, tiles - t0);
-            T* strip = dst + row.at(t0);
-            std::copy(src + t0, src + t0 + count, strip);
-            std::fill(strip + count, strip + row.nr, T(0));  // the padding columns of the last strip
+        input_tiles<F>(input + c * sh.H * sh.W, C * sh.H * sh.W, sh.H, sh.W, sh.pad_top, sh.pad_left, row0, rows,
+                       th, tw, d.get(), e.get(), V.get() + row.base, b_size, row.nr, row.strip_stride);
+        if (padded_tiles > tiles)  // the padding columns of the last strip must read as zero
+          for (int64_t xi = 0; xi < kXi; ++xi) {
+            T* pad = V.get() + xi * b_size + row.at(tiles);
+            std::fill(pad, pad + (padded_tiles - tiles), T(0));
           }
-        }
       }
     }
 
@@ -471,7 +472,7 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
 #pragma omp for schedule(static) nowait
       for (int64_t c = 0; c < C; ++c) {
         input_tiles<F>(input + c * p.H * p.W, C * p.H * p.W, p.H, p.W, p.pad_top, p.pad_left, row0, rows, th, tw,
-                       d.get(), e.get(), X.get() + c * tiles, C * tiles);
+                       d.get(), e.get(), X.get() + c * tiles, C * tiles, tiles, 0);
       }
       // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi], (A y)_u = y0, y0 + y1, y0 - y1, -y1.
 #pragma omp for schedule(static)
