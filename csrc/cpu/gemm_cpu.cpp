@@ -22,6 +22,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <vector>
 
 #include "convx/simd.h"
 
@@ -308,16 +309,18 @@ CONVX_INSTANTIATE_PACKED(float)
 CONVX_INSTANTIATE_PACKED(double)
 #undef CONVX_INSTANTIATE_PACKED
 
-// ---- C = A B^T for small M x N and long K ------------------------------------------
-// The weight gradient of a layer with few filter taps (one input channel, 3x3 or
-// 5x5) is a 25 x 9 matrix of dot products 40,000 terms long. The packed GEMM
-// would pad its 9 columns to a 48-wide strip and repack the long operands; here
-// each (m, n) pair keeps one vector of partial sums along k instead: 4 x 4 pairs
-// in registers per step, 8 row loads per 16 FMAs, and K walked in chunks that
-// keep the 8 rows' stretch in L1. Lanes are summed in a fixed order at the end:
-// bitwise repeatable for any thread count.
+// ---- C = A B^T with a long K ------------------------------------------------------
+// A weight gradient is a matrix of dot products tens of thousands of terms long
+// (25 x 9 of them for the digits CNN's first layer, 64 x 147 for a 7x7 stem).
+// Both operands are contiguous along K, so instead of packing them (the packed
+// GEMM pads a 9-wide N to a 48-wide strip, and transposes both), each (m, n) pair
+// keeps a vector of partial sums along k: 4 x 6 pairs in registers, 10 row loads
+// per 24 FMAs. K is walked in chunks small enough that the chunk of every row
+// stays in L2 while all blocks pass over it; the partial sums live in `acc`
+// between chunks. Lanes are summed in a fixed order at the end: bitwise
+// repeatable for any thread count.
 template <typename T, int BM, int BN>
-CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* A, int64_t lda, const T* B, int64_t ldb,
+CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* const* a_rows, const T* const* b_rows,
                                  T* acc /* BM*BN vectors */) {
   typedef typename Vec<T>::type V;
   constexpr int64_t L = kLanes<T>;
@@ -326,8 +329,8 @@ CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* A, int64_t lda
     for (int n = 0; n < BN; ++n) std::memcpy(&sum[m][n], acc + (m * BN + n) * L, sizeof(V));
   for (int64_t k = k0; k < k1; k += L) {
     V a[BM], b[BN];
-    for (int m = 0; m < BM; ++m) std::memcpy(&a[m], A + m * lda + k, sizeof(V));
-    for (int n = 0; n < BN; ++n) std::memcpy(&b[n], B + n * ldb + k, sizeof(V));
+    for (int m = 0; m < BM; ++m) std::memcpy(&a[m], a_rows[m] + k, sizeof(V));
+    for (int n = 0; n < BN; ++n) std::memcpy(&b[n], b_rows[n] + k, sizeof(V));
     for (int m = 0; m < BM; ++m)
       for (int n = 0; n < BN; ++n) sum[m][n] += a[m] * b[n];
   }
@@ -338,40 +341,39 @@ CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* A, int64_t lda
 template <typename T>
 void gemm_abt_small_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta,
                         T* C, int64_t ldc) {
-  constexpr int64_t L = kLanes<T>, kBlock = 4, kChunk = 2048;
+  constexpr int64_t L = kLanes<T>, BM = 4, BN = 6, kChunk = 512;
+  if (M <= 0 || N <= 0) return;
   const int64_t K_vec = K / L * L;  // the tail (K % L terms) is added in scalar, in order
-  const int64_t mb = (M + kBlock - 1) / kBlock, nb = (N + kBlock - 1) / kBlock;
+  const int64_t mb = (M + BM - 1) / BM, nb = (N + BN - 1) / BN, blocks = mb * nb;
+  std::vector<T> acc(blocks * BM * BN * L, T(0));
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
-  for (int64_t bi = 0; bi < mb; ++bi)
-    for (int64_t bj = 0; bj < nb; ++bj) {
-      const int64_t m0 = bi * kBlock, n0 = bj * kBlock;
-      const int64_t bm = std::min(kBlock, M - m0), bn = std::min(kBlock, N - n0);
-      T acc[kBlock * kBlock * 64 / sizeof(T)] = {};
-      for (int64_t k0 = 0; k0 < K_vec; k0 += kChunk) {
-        const int64_t k1 = std::min(K_vec, k0 + kChunk);
-        const T* a = A + m0 * lda;
-        const T* b = B + n0 * ldb;
-        // Full 4 x 4 blocks take the register-blocked kernel; edge blocks one row pair at a time.
-        if (bm == kBlock && bn == kBlock) {
-          dot_block<T, 4, 4>(k0, k1, a, lda, b, ldb, acc);
-        } else {
-          for (int64_t m = 0; m < bm; ++m)
-            for (int64_t n = 0; n < bn; ++n)
-              dot_block<T, 1, 1>(k0, k1, a + m * lda, lda, b + n * ldb, ldb, acc + (m * kBlock + n) * L);
-        }
-      }
-      for (int64_t m = 0; m < bm; ++m)
-        for (int64_t n = 0; n < bn; ++n) {
-          // Full blocks store pair (m, n) at m * 4 + n; edge blocks likewise.
-          const T* lanes = acc + (m * kBlock + n) * L;
-          T sum = 0;
-          for (int64_t l = 0; l < L; ++l) sum += lanes[l];
-          for (int64_t k = K_vec; k < K; ++k) sum += A[(m0 + m) * lda + k] * B[(n0 + n) * ldb + k];
-          T* c = C + (m0 + m) * ldc + (n0 + n);
-          *c = (beta != T(0) ? *c : T(0)) + sum;
-        }
+#pragma omp parallel if (parallel)
+  for (int64_t k0 = 0; k0 < K_vec; k0 += kChunk) {
+    const int64_t k1 = std::min(K_vec, k0 + kChunk);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
+      // Edge blocks repeat the last row instead of branching; those sums are dropped.
+      const T* a_rows[BM];
+      const T* b_rows[BN];
+      for (int64_t m = 0; m < BM; ++m) a_rows[m] = A + std::min(m0 + m, M - 1) * lda;
+      for (int64_t n = 0; n < BN; ++n) b_rows[n] = B + std::min(n0 + n, N - 1) * ldb;
+      dot_block<T, BM, BN>(k0, k1, a_rows, b_rows, acc.data() + blk * BM * BN * L);
     }
+  }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
+    for (int64_t m = 0; m < std::min(BM, M - m0); ++m)
+      for (int64_t n = 0; n < std::min(BN, N - n0); ++n) {
+        const T* lanes = acc.data() + (blk * BM * BN + m * BN + n) * L;
+        T sum = 0;
+        for (int64_t l = 0; l < L; ++l) sum += lanes[l];
+        for (int64_t k = K_vec; k < K; ++k) sum += A[(m0 + m) * lda + k] * B[(n0 + n) * ldb + k];
+        T* c = C + (m0 + m) * ldc + (n0 + n);
+        *c = (beta != T(0) ? *c : T(0)) + sum;
+      }
+  }
 }
 
 template void gemm_abt_small_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
