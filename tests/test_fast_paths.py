@@ -79,6 +79,26 @@ def test_max_pool2d_narrow_planes_match_reference(H, W, k, s):
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(i, i_ref)
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spread", [3, 40, 1000])
+def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
+    # Any valid indices, repeats included (spread 3: nearly every vector of 16 has
+    # lanes that collide, which the vectorized scatter must hand to the scalar
+    # loop): the result must equal adding grad_output into grad_input in output
+    # order, as np.add.at does, bit for bit.
+    p = _pool_params(2, 3, 40, 40, (2, 2), (2, 2), (0, 0))
+    rng = np.random.default_rng(spread)
+    shape = (p.N, p.C, p.out_h(), p.out_w())
+    gy = rng.standard_normal(shape).astype(dtype)
+    idx = rng.integers(0, min(spread, p.H * p.W), size=shape).astype(np.int64)
+    gx = np.empty((p.N, p.C, p.H, p.W), dtype)
+    _C.max_pool2d_backward(p, gy, idx, gx)
+    want = np.zeros((p.N * p.C, p.H * p.W), dtype)
+    for plane in range(p.N * p.C):
+        np.add.at(want[plane], idx.reshape(p.N * p.C, -1)[plane], gy.reshape(p.N * p.C, -1)[plane])
+    np.testing.assert_array_equal(gx.reshape(p.N * p.C, -1), want)
+
 # ---- Winograd F(4x4, 3x3) ----------------------------------------------------------
 
 def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, groups=1):

@@ -284,12 +284,61 @@ void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, in
     max_pool2d_forward_reference_cpu(p, input, output, indices);
 }
 
+namespace {
+
+// gin[idx[o]] += gout[o] for o in [o0, out_plane), in order; false at the first
+// index outside [0, in_plane).
+template <typename T>
+bool scatter_add_scalar(const T* gout, const int64_t* idx, int64_t o0, int64_t out_plane, int64_t in_plane, T* gin) {
+  for (int64_t o = o0; o < out_plane; ++o) {
+    const int64_t i = idx[o];
+    if (i < 0 || i >= in_plane) return false;
+    gin[i] += gout[o];
+  }
+  return true;
+}
+
+#if CONVX_POOL_AVX512
+// The same scatter 16 outputs at a time: check the indices, gather the current
+// sums, add, scatter back. Lanes that share an index (overlapping windows whose
+// maxima coincide) would lose an add, so such a vector (vpconflictd) runs the
+// scalar loop instead; otherwise each input element gets at most one add per
+// vector, in output order, exactly as the scalar loop. Needs in_plane < 2**31.
+__attribute__((target("avx512f,avx512cd"))) bool scatter_add_avx512(const float* gout, const int64_t* idx,
+                                                                     int64_t out_plane, int64_t in_plane,
+                                                                     float* gin) {
+  const __m512i zero = _mm512_setzero_si512(), limit = _mm512_set1_epi64(in_plane);
+  int64_t o = 0;
+  for (; o + 16 <= out_plane; o += 16) {
+    const __m512i lo = _mm512_loadu_si512(idx + o), hi = _mm512_loadu_si512(idx + o + 8);
+    const __mmask8 bad = _mm512_cmplt_epi64_mask(lo, zero) | _mm512_cmpge_epi64_mask(lo, limit) |
+                         _mm512_cmplt_epi64_mask(hi, zero) | _mm512_cmpge_epi64_mask(hi, limit);
+    if (bad) return false;
+    const __m512i i32 =
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+    const __m512i conflicts = _mm512_conflict_epi32(i32);
+    if (_mm512_test_epi32_mask(conflicts, conflicts)) {
+      if (!scatter_add_scalar(gout, idx, o, o + 16, in_plane, gin)) return false;
+      continue;
+    }
+    const __m512 sum = _mm512_add_ps(_mm512_i32gather_ps(i32, gin, 4), _mm512_loadu_ps(gout + o));
+    _mm512_i32scatter_ps(gin, i32, sum, 4);
+  }
+  return scatter_add_scalar(gout, idx, o, out_plane, in_plane, gin);
+}
+#endif
+
+}  // namespace
+
 template <typename T>
 bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const int64_t* indices,
                              T* grad_input) {
   const int64_t out_plane = p.out_h() * p.out_w();
   const int64_t in_plane = p.H * p.W;
   const int64_t planes = p.N * p.C;
+#if CONVX_POOL_AVX512
+  const bool use_avx512 = std::is_same<T, float>::value && in_plane < 2147483647 && simd_level() == "avx512";
+#endif
   // One thread per plane: overlapping windows add into the same input element in
   // a fixed order, so the result is bitwise repeatable without atomics. Indices
   // come from the caller and are checked as they are used, in the same pass (a
@@ -303,17 +352,20 @@ bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const 
     const T* gout = grad_output + plane * out_plane;
     const int64_t* idx = indices + plane * out_plane;
     std::fill(gin, gin + in_plane, T(0));
-    for (int64_t o = 0; o < out_plane; ++o) {
-      const int64_t i = idx[o];
-      if (i < 0 || i >= in_plane) {
-        all_valid = false;
-        break;
-      }
-      gin[i] += gout[o];
+    bool ok;
+#if CONVX_POOL_AVX512
+    if constexpr (std::is_same<T, float>::value) {
+      ok = use_avx512 ? scatter_add_avx512(gout, idx, out_plane, in_plane, gin)
+                      : scatter_add_scalar(gout, idx, 0, out_plane, in_plane, gin);
+    } else {
+      ok = scatter_add_scalar(gout, idx, 0, out_plane, in_plane, gin);
     }
+#else
+    ok = scatter_add_scalar(gout, idx, 0, out_plane, in_plane, gin);
+#endif
+    all_valid = all_valid && ok;
   }
-  if (!all_valid) return false;
-  return true;
+  return all_valid;
 }
 
 template void max_pool2d_forward_cpu<float>(const Pool2dParams&, const float*, float*, int64_t*);
