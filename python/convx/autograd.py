@@ -135,10 +135,15 @@ class MaxPool2dFunction(torch.autograd.Function):
         ctx.save_for_backward(indices)
         ctx.params = params
         ctx.mark_non_differentiable(indices)
+        # The indices never carry a gradient: without this, autograd would fill a
+        # zero tensor the size of the indices (int64, twice the output) every step.
+        ctx.set_materialize_grads(False)
         return out, indices
 
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
+        if grad_output is None:  # only the indices were used downstream
+            return None, None
         (indices,) = ctx.saved_tensors
         return MaxPool2dBackwardFunction.apply(grad_output.contiguous(), indices, ctx.params), None
 
