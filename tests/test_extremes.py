@@ -119,15 +119,25 @@ def test_misaligned_numpy_arrays():
 _HASH_SCRIPT = """
 import hashlib, torch, convx.functional as F
 g = torch.Generator().manual_seed(0)
-x = torch.randn(4, 32, 20, 20, generator=g, requires_grad=True)
-w = torch.randn(64, 32, 3, 3, generator=g, requires_grad=True)
-b = torch.randn(64, generator=g, requires_grad=True)
 h = hashlib.sha256()
-for algo in ("direct", "im2col"):
-    y = F.max_pool2d(F.conv2d(x, w, b, padding=1, algo=algo), 3, 2, 1)
-    grads = torch.autograd.grad(y, (x, w, b), torch.randn(y.shape, generator=g))
-    for t in (y,) + grads:
-        h.update(t.detach().numpy().tobytes())
+
+def digest(x, w, b, algos, pool):
+    for algo in algos:
+        y = F.max_pool2d(F.conv2d(x, w, b, padding=1, algo=algo), *pool)
+        grads = torch.autograd.grad(y, (x, w, b), torch.randn(y.shape, generator=g))
+        for t in (y,) + grads:
+            h.update(t.detach().numpy().tobytes())
+
+def tensors(*shapes):
+    return [torch.randn(*s, generator=g, requires_grad=True) for s in shapes]
+
+# the reference loops on a small layer
+digest(*tensors((4, 32, 20, 20), (64, 32, 3, 3), (64,)), ("direct",), (3, 2, 1))
+# the fast paths on layers big enough that every OpenMP team is used: GEMMs and
+# Winograd products split over threads, 16-wide pooling rows
+digest(*tensors((4, 64, 40, 40), (128, 64, 3, 3), (128,)), ("im2col", "winograd_2x2", "winograd_4x4"), (3, 2, 1))
+# one input channel: the dot-product weight gradient; 5-wide pooled planes (gather kernel)
+digest(*tensors((64, 1, 12, 12), (25, 1, 3, 3), (25,)), ("auto",), (2, 2))
 print(h.hexdigest())
 """
 
