@@ -319,7 +319,12 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
       }
     }
 
-    // kXi independent products, each threaded inside the GEMM.
+    // kXi independent products: threads take whole products (the GEMM inside
+    // then runs on the calling thread alone, as nested OpenMP regions do by
+    // default), rather than meeting at the GEMM's barriers several times per
+    // product; each product is computed as on one thread, so results do not
+    // depend on the thread count.
+#pragma omp parallel for schedule(static) if (parallel)
     for (int64_t xi = 0; xi < kXi; ++xi)
       gemm_packed_cpu<T>(K, tiles, C, U_packed + xi * a_size, V.get() + xi * b_size, M.get() + xi * K * tiles,
                          tiles);
@@ -481,6 +486,8 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
                           Y.get() + k * tiles, K * tiles);
     }
     // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
+    // Threads take whole products, as in the forward.
+#pragma omp parallel for schedule(static) if (parallel)
     for (int64_t xi = 0; xi < kXi; ++xi)
       gemm_cpu<T>(false, true, K, C, tiles, Y.get() + xi * K * tiles, tiles, X.get() + xi * C * tiles, tiles,
                   row0 == 0 ? T(0) : T(1), P.get() + xi * K * C, C);
