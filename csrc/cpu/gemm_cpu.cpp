@@ -10,6 +10,11 @@
 // baseline x86-64; the loader picks the clone for the running CPU, so the same
 // binary never executes an instruction the CPU lacks.
 //
+// Called from inside a parallel region (a caller that hands whole products to
+// threads), the GEMM runs on the calling thread alone (!omp_in_parallel() in
+// every `if`): nested teams would oversubscribe the cores whatever the OpenMP
+// nesting settings are.
+//
 // Threads split the (jr, ir) tiles of each macro step; the pc loop is sequential,
 // so every C element sums its K terms in one fixed order: results are bitwise
 // identical for any thread count.
@@ -205,7 +210,7 @@ void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const
       T* ap = a_packed.get();
       // Small products are not worth waking the thread team.
       const bool parallel = static_cast<double>(M) * nc * kc > 1048576.0;
-#pragma omp parallel if (parallel)
+#pragma omp parallel if ((parallel) && !omp_in_parallel())
       {
 #pragma omp for schedule(static)
         for (int64_t js = 0; js < n_strips; ++js)
@@ -265,7 +270,7 @@ void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
   for (int64_t p0 = 0; p0 < K; p0 += kKC) {
     const int64_t kc = std::min(kKC, K - p0);
     const int64_t strips = Mp / kMR;
-#pragma omp parallel for schedule(static) if (double(Mp) * double(kc) > 262144.0)
+#pragma omp parallel for schedule(static) if ((double(Mp) * double(kc) > 262144.0) && !omp_in_parallel())
     for (int64_t is = 0; is < strips; ++is)
       pack_a_strip(false, A, lda, is * kMR, std::min(kMR, M - is * kMR), p0, kc, dst + p0 * Mp + is * kc * kMR);
   }
@@ -291,7 +296,7 @@ void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T
     const T* bp = b_packed + p0 * Np;
     for (int64_t ic = 0; ic < m_strips; ic += kMC / kMR) {
       const int64_t ic_end = std::min(m_strips, ic + kMC / kMR);
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+#pragma omp parallel for collapse(2) schedule(static) if ((parallel) && !omp_in_parallel())
       for (int64_t js = 0; js < n_strips; ++js)
         for (int64_t is = ic; is < ic_end; ++is) {
           const int64_t i = is * kMR, j = js * NR;
@@ -350,7 +355,7 @@ void gemm_abt_small_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda
   const int64_t mb = (M + BM - 1) / BM, nb = (N + BN - 1) / BN, blocks = mb * nb;
   std::vector<T> acc(blocks * BM * BN * L, T(0));
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
-#pragma omp parallel if (parallel)
+#pragma omp parallel if ((parallel) && !omp_in_parallel())
   for (int64_t k0 = 0; k0 < K_vec; k0 += kChunk) {
     const int64_t k1 = std::min(K_vec, k0 + kChunk);
 #pragma omp for schedule(static)
@@ -364,7 +369,7 @@ void gemm_abt_small_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda
       dot_block<T, BM, BN>(k0, k1, a_rows, b_rows, acc.data() + blk * BM * BN * L);
     }
   }
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static) if ((parallel) && !omp_in_parallel())
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
     for (int64_t m = 0; m < std::min(BM, M - m0); ++m)

@@ -1,5 +1,7 @@
 #include "convx/im2col.h"
 
+#include <omp.h>
+
 #include "convx/simd.h"
 
 #include <algorithm>
@@ -71,7 +73,7 @@ template <typename T>
 void im2col_columns_cpu(const Im2colParams& p, const T* image, int64_t l0, int64_t l1, T* col, int64_t ld) {
   const int64_t rows = p.C * p.kernel_h * p.kernel_w;
   if (l1 <= l0) return;
-#pragma omp parallel for schedule(static) if (rows * (l1 - l0) > (1 << 18))
+#pragma omp parallel for schedule(static) if ((rows * (l1 - l0) > (1 << 18)) && !omp_in_parallel())
   for (int64_t row = 0; row < rows; ++row) im2col_row(p, image, row, l0, l1, col + row * ld);
 }
 
@@ -117,7 +119,7 @@ void col2im_columns_add_cpu(const Im2colParams& p, const T* col, int64_t ld, int
   if (l1 <= l0) return;
   // One thread owns a whole channel: its kh*kw rows are added in row order, so the
   // sum at each pixel has a fixed order and needs no atomics.
-#pragma omp parallel for schedule(static) if (p.C * p.kernel_h * p.kernel_w * (l1 - l0) > (1 << 18))
+#pragma omp parallel for schedule(static) if ((p.C * p.kernel_h * p.kernel_w * (l1 - l0) > (1 << 18)) && !omp_in_parallel())
   for (int64_t c = 0; c < p.C; ++c) col2im_channel_add(p, col, ld, l0, l1, c, image + c * p.H * p.W);
 }
 
