@@ -6,6 +6,8 @@
 // and sees input channels g*Cg .. g*Cg + Cg - 1.
 #include "convx/conv2d.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <memory>
 #include <stdexcept>
@@ -302,6 +304,18 @@ void scatter_rows(const ColumnBlock& b, int64_t L, int64_t rows, const T* src, T
   });
 }
 
+// Blocks of whole small images (several per block) are independent, and their
+// GEMMs are small: with enough of them, threads take whole blocks (the im2col and
+// GEMM inside then run on their thread alone, see gemm_cpu) instead of splitting
+// every small GEMM and meeting at its barriers. Each block is computed exactly as
+// on one thread, and blocks write disjoint images, so results do not depend on
+// the thread count. Blocks inside one large image keep the threaded GEMM (their
+// col2im would overlap at the block edges, and their GEMMs are big enough).
+inline bool share_blocks_between_threads(int64_t jobs, const ColumnBlock& first) {
+  const int threads = omp_get_max_threads();
+  return !first.within_image && threads > 1 && jobs >= 2 * int64_t(threads) && !omp_in_parallel();
+}
+
 }  // namespace
 
 template <typename T>
@@ -324,21 +338,33 @@ void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* w
     const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
     int64_t widest = 0;
     for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
-    Workspace<T> col(CRS * widest), out_block(blocks.front().within_image ? 0 : Kg * widest);
-    for (int64_t g = 0; g < p.groups; ++g)
-      for (const ColumnBlock& b : blocks) {
-        for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
-          im2col_columns_cpu(ip, image(n, g), l0, l1, col.data() + at, b.count);
-        });
-        if (b.within_image) {
-          gemm_cpu<T>(false, false, Kg, b.count, CRS, weight + g * Kg * CRS, CRS, col.data(), b.count, T(0),
-                      output + out_slice(g)(b.n0) + b.l0, L);
-        } else {
-          gemm_cpu<T>(false, false, Kg, b.count, CRS, weight + g * Kg * CRS, CRS, col.data(), b.count, T(0),
-                      out_block.data(), b.count);
-          scatter_rows(b, L, Kg, out_block.data(), output, out_slice(g));
-        }
+    const auto run_block = [&](int64_t g, const ColumnBlock& b, T* col, T* out_block) {
+      for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+        im2col_columns_cpu(ip, image(n, g), l0, l1, col + at, b.count);
+      });
+      if (b.within_image) {
+        gemm_cpu<T>(false, false, Kg, b.count, CRS, weight + g * Kg * CRS, CRS, col, b.count, T(0),
+                    output + out_slice(g)(b.n0) + b.l0, L);
+      } else {
+        gemm_cpu<T>(false, false, Kg, b.count, CRS, weight + g * Kg * CRS, CRS, col, b.count, T(0), out_block,
+                    b.count);
+        scatter_rows(b, L, Kg, out_block, output, out_slice(g));
       }
+    };
+    const int64_t jobs = p.groups * int64_t(blocks.size());
+    if (share_blocks_between_threads(jobs, blocks.front())) {
+#pragma omp parallel
+      {
+        Workspace<T> col(CRS * widest), out_block(Kg * widest);
+#pragma omp for schedule(static)
+        for (int64_t job = 0; job < jobs; ++job)
+          run_block(job / int64_t(blocks.size()), blocks[job % blocks.size()], col.data(), out_block.data());
+      }
+    } else {
+      Workspace<T> col(CRS * widest), out_block(blocks.front().within_image ? 0 : Kg * widest);
+      for (int64_t g = 0; g < p.groups; ++g)
+        for (const ColumnBlock& b : blocks) run_block(g, b, col.data(), out_block.data());
+    }
   }
   if (bias) {
 #pragma omp parallel for collapse(2) schedule(static) if (p.N * p.K * L > (1 << 18))
@@ -372,22 +398,33 @@ void conv2d_backward_data_im2col_cpu(const Conv2dParams& p, const T* grad_output
   const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
   int64_t widest = 0;
   for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
-  Workspace<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
-  for (int64_t g = 0; g < p.groups; ++g)
-    for (const ColumnBlock& b : blocks) {
-      if (b.within_image) {
-        gemm_cpu<T>(true, false, CRS, b.count, Kg, weight + g * Kg * CRS, CRS,
-                    grad_output + gy_slice(g)(b.n0) + b.l0, L, T(0), col.data(), b.count);
-      } else {
-        gather_rows(b, L, Kg, grad_output, gy_slice(g), gy_block.data());
-        gemm_cpu<T>(true, false, CRS, b.count, Kg, weight + g * Kg * CRS, CRS, gy_block.data(), b.count, T(0),
-                    col.data(), b.count);
-      }
-      // Blocks are added in a fixed order: bitwise repeatable for any thread count.
-      for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
-        col2im_columns_add_cpu(ip, col.data() + at, b.count, l0, l1, image(n, g));
-      });
+  const auto run_block = [&](int64_t g, const ColumnBlock& b, T* col, T* gy_block) {
+    if (b.within_image) {
+      gemm_cpu<T>(true, false, CRS, b.count, Kg, weight + g * Kg * CRS, CRS, grad_output + gy_slice(g)(b.n0) + b.l0,
+                  L, T(0), col, b.count);
+    } else {
+      gather_rows(b, L, Kg, grad_output, gy_slice(g), gy_block);
+      gemm_cpu<T>(true, false, CRS, b.count, Kg, weight + g * Kg * CRS, CRS, gy_block, b.count, T(0), col, b.count);
     }
+    // Blocks are added in a fixed order: bitwise repeatable for any thread count.
+    for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+      col2im_columns_add_cpu(ip, col + at, b.count, l0, l1, image(n, g));
+    });
+  };
+  const int64_t jobs = p.groups * int64_t(blocks.size());
+  if (share_blocks_between_threads(jobs, blocks.front())) {
+#pragma omp parallel
+    {
+      Workspace<T> col(CRS * widest), gy_block(Kg * widest);
+#pragma omp for schedule(static)
+      for (int64_t job = 0; job < jobs; ++job)
+        run_block(job / int64_t(blocks.size()), blocks[job % blocks.size()], col.data(), gy_block.data());
+    }
+  } else {
+    Workspace<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
+    for (int64_t g = 0; g < p.groups; ++g)
+      for (const ColumnBlock& b : blocks) run_block(g, b, col.data(), gy_block.data());
+  }
 }
 
 template <typename T>
