@@ -138,6 +138,9 @@ digest(*tensors((4, 32, 20, 20), (64, 32, 3, 3), (64,)), ("direct",), (3, 2, 1))
 digest(*tensors((4, 64, 40, 40), (128, 64, 3, 3), (128,)), ("im2col", "winograd_2x2", "winograd_4x4"), (3, 2, 1))
 # one input channel: the dot-product weight gradient; 5-wide pooled planes (gather kernel)
 digest(*tensors((64, 1, 12, 12), (25, 1, 3, 3), (25,)), ("auto",), (2, 2))
+# LeNet's second layer: blocks of whole small images, shared between threads, and
+# the weight gradient's fixed set of partial sums
+digest(*tensors((64, 20, 12, 12), (50, 20, 5, 5), (50,)), ("im2col",), (2, 2))
 print(h.hexdigest())
 """
 

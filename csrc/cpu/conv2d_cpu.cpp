@@ -443,29 +443,61 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
   int64_t widest = 0;
   for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
-  Workspace<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
-  for (int64_t g = 0; g < p.groups; ++g)
-    for (size_t i = 0; i < blocks.size(); ++i) {
-      const ColumnBlock& b = blocks[i];
-      for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
-        im2col_columns_cpu(ip, image(n, g), l0, l1, col.data() + at, b.count);
-      });
-      const T* gy = grad_output + gy_slice(g)(b.n0) + b.l0;
-      int64_t ld = L;
-      if (!b.within_image) {
-        gather_rows(b, L, Kg, grad_output, gy_slice(g), gy_block.data());
-        gy = gy_block.data();
-        ld = b.count;
-      }
-      // A handful of filter taps (one input channel): a small matrix of long dot
-      // products, which the packed GEMM would pad to 48-wide strips.
-      if (Kg * CRS <= kDotProductMaxOutputs)
-        gemm_abt_small_cpu<T>(Kg, CRS, b.count, gy, ld, col.data(), b.count, i == 0 ? T(0) : T(1),
-                              grad_weight + g * Kg * CRS, CRS);
-      else
-        gemm_cpu<T>(false, true, Kg, CRS, b.count, gy, ld, col.data(), b.count, i == 0 ? T(0) : T(1),
-                    grad_weight + g * Kg * CRS, CRS);
+  // dst (+)= this block's dY * col^T; `first` overwrites.
+  const auto add_block = [&](int64_t g, const ColumnBlock& b, bool first, T* dst, T* col, T* gy_block) {
+    for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
+      im2col_columns_cpu(ip, image(n, g), l0, l1, col + at, b.count);
+    });
+    const T* gy = grad_output + gy_slice(g)(b.n0) + b.l0;
+    int64_t ld = L;
+    if (!b.within_image) {
+      gather_rows(b, L, Kg, grad_output, gy_slice(g), gy_block);
+      gy = gy_block;
+      ld = b.count;
     }
+    // A handful of filter taps (one input channel): a small matrix of long dot
+    // products, which the packed GEMM would pad to 48-wide strips.
+    if (Kg * CRS <= kDotProductMaxOutputs)
+      gemm_abt_small_cpu<T>(Kg, CRS, b.count, gy, ld, col, b.count, first ? T(0) : T(1), dst, CRS);
+    else
+      gemm_cpu<T>(false, true, Kg, CRS, b.count, gy, ld, col, b.count, first ? T(0) : T(1), dst, CRS);
+  };
+  // Blocks of whole small images go into a fixed number of partial sums (each a
+  // run of consecutive blocks, summed in order), which threads can fill in
+  // parallel; the partial sums are then added in a fixed order. The grouping
+  // depends on the shape only, so results are the same for any thread count.
+  // Large layers (whose partial sums would be big) and blocks inside one image
+  // accumulate in one pass instead, with the GEMM threaded.
+  constexpr int64_t kPartialSums = 8;
+  const int64_t partials = std::min<int64_t>(kPartialSums, int64_t(blocks.size()));
+  const bool grouped = !blocks.front().within_image && partials >= 2 &&
+                       double(partials) * double(Kg * CRS) * sizeof(T) <= 4.0 * 1024 * 1024;
+  if (!grouped) {
+    Workspace<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
+    for (int64_t g = 0; g < p.groups; ++g)
+      for (size_t i = 0; i < blocks.size(); ++i)
+        add_block(g, blocks[i], i == 0, grad_weight + g * Kg * CRS, col.data(), gy_block.data());
+    return;
+  }
+  Workspace<T> partial(partials * Kg * CRS);
+  const int64_t nb = int64_t(blocks.size());
+  for (int64_t g = 0; g < p.groups; ++g) {
+#pragma omp parallel if (omp_get_max_threads() > 1 && !omp_in_parallel())
+    {
+      Workspace<T> col(CRS * widest), gy_block(Kg * widest);
+#pragma omp for schedule(static)
+      for (int64_t part = 0; part < partials; ++part)
+        for (int64_t i = part * nb / partials; i < (part + 1) * nb / partials; ++i)
+          add_block(g, blocks[i], i == part * nb / partials, partial.data() + part * Kg * CRS, col.data(),
+                    gy_block.data());
+    }
+    T* dst = grad_weight + g * Kg * CRS;
+    std::copy(partial.data(), partial.data() + Kg * CRS, dst);
+    for (int64_t part = 1; part < partials; ++part) {
+      const T* src = partial.data() + part * Kg * CRS;
+      for (int64_t e = 0; e < Kg * CRS; ++e) dst[e] += src[e];
+    }
+  }
 }
 
 // ---- dispatch -------------------------------------------------------------------
