@@ -30,7 +30,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -38,45 +38,19 @@ import torch
 import convx
 from convx import _C, _cuda_kernels
 from convx import functional as cxF
+from convx.bench.cases import CONV_SHAPES, ConvShape, conv_shape_flops
 
 
-@dataclass(frozen=True)
-class Layer:
-    name: str
-    N: int
-    C: int
-    H: int
-    W: int
-    K: int
-    R: int
-    S: int
-    stride: int
-    pad: int
-
-    def flops(self) -> float:
-        oh = (self.H + 2 * self.pad - self.R) // self.stride + 1
-        ow = (self.W + 2 * self.pad - self.S) // self.stride + 1
-        return 2.0 * self.N * self.K * oh * ow * self.C * self.R * self.S
-
-
-# issue 3's layers, with the batch scaled up so that one call fills an H200.
-LAYERS = [
-    Layer("lenet_conv1", 2048, 1, 28, 28, 20, 5, 5, 1, 0),
-    Layer("lenet_conv2", 2048, 20, 12, 12, 50, 5, 5, 1, 0),
-    Layer("alphago_input", 256, 48, 19, 19, 192, 5, 5, 1, 2),
-    Layer("alphago_body", 256, 192, 19, 19, 192, 3, 3, 1, 1),
-    Layer("go_256", 128, 256, 19, 19, 256, 3, 3, 1, 1),
-    Layer("stem_7x7_s2", 64, 3, 224, 224, 64, 7, 7, 2, 3),
-    Layer("resnet_56", 64, 64, 56, 56, 64, 3, 3, 1, 1),
-    Layer("resnet_7x7_512", 128, 512, 7, 7, 512, 3, 3, 1, 1),
-    Layer("pointwise_1x1", 64, 256, 56, 56, 64, 1, 1, 1, 0),
-    Layer("wide_112", 32, 64, 112, 112, 128, 3, 3, 1, 1),
-]
+# issue 3's layers (the CPU suite's shapes), with the batch scaled up so that one
+# call fills an H200; the AlphaGo body appears once, at a large batch.
+GPU_BATCH = {"lenet1": 2048, "lenet2": 2048, "alphago_in": 256, "alphago_body_b16": 256, "go_256": 128,
+             "stem7x7": 64, "res64_56": 64, "res512_7": 128, "pw1x1_56": 64, "c64_112": 32}
+LAYERS = [replace(shape, N=GPU_BATCH[shape.label]) for shape in CONV_SHAPES if shape.label in GPU_BATCH]
 POOLS = [("maxpool_2x2_s2", 2, 2, 0), ("maxpool_3x3_s2_p1", 3, 2, 1)]
 POOL_SHAPE = (64, 64, 112, 112)
 
 
-def conv_params(layer: Layer):
+def conv_params(layer: ConvShape):
     p = _C.Conv2dParams()
     p.N, p.C, p.H, p.W, p.K, p.R, p.S = layer.N, layer.C, layer.H, layer.W, layer.K, layer.R, layer.S
     p.stride_h = p.stride_w = layer.stride
@@ -123,7 +97,7 @@ class Tf32:
         torch.backends.cudnn.allow_tf32 = self.saved
 
 
-def conv_rows(layer: Layer, args) -> List[Dict]:
+def conv_rows(layer: ConvShape, args) -> List[Dict]:
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(layer.N, layer.C, layer.H, layer.W, device=dev, generator=gen)
@@ -152,7 +126,7 @@ def conv_rows(layer: Layer, args) -> List[Dict]:
             expected = th_fn()
         err = rel_error(got, expected)
         del got, expected
-        row = dict(kind="conv", name=layer.name, direction=direction,
+        row = dict(kind="conv", name=layer.label, direction=direction,
                    shape=f"{layer.N},{layer.C},{layer.H},{layer.W},{layer.K},{layer.R},{layer.S},"
                          f"{layer.stride},{layer.pad}",
                    algo=log[0].split(":")[1] if log else "?", rel_error=err, valid=err <= 1e-3)
@@ -165,12 +139,12 @@ def conv_rows(layer: Layer, args) -> List[Dict]:
             with Tf32(args.default_tf32):
                 t_def.append(time_ms(th_fn, args.warmup, args.repeats, args.budget))
         ms_cx, ms_off, ms_def = (statistics.median(t) for t in (t_cx, t_off, t_def))
-        flops = layer.flops()
+        flops = conv_shape_flops(layer)
         row.update(ms_convx=ms_cx, ms_torch_tf32_off=ms_off, ms_torch_default=ms_def,
                    tflops_convx=flops / ms_cx / 1e9, tflops_torch_tf32_off=flops / ms_off / 1e9,
                    speed_vs_tf32_off=ms_off / ms_cx, speed_vs_default=ms_def / ms_cx)
         rows.append(row)
-        print(f"  {layer.name:<16} {direction:<16} convx {ms_cx:8.3f} ms ({row['algo']}), torch tf32-off "
+        print(f"  {layer.label:<16} {direction:<16} convx {ms_cx:8.3f} ms ({row['algo']}), torch tf32-off "
               f"{ms_off:8.3f} ms, default {ms_def:8.3f} ms, speed {row['speed_vs_tf32_off']:.2f}x"
               f"{'' if row['valid'] else '  INVALID rel_error=%.2e' % err}", flush=True)
     return rows

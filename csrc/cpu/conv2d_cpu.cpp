@@ -262,18 +262,29 @@ struct ColumnBlock {
   bool within_image;
 };
 
+// All the blocks of a layer: either all inside images (large images) or all of
+// whole images (small ones); `widest` sizes the column buffer.
+struct ColumnBlocks {
+  std::vector<ColumnBlock> list;
+  int64_t widest = 0;
+  bool whole_images = false;
+};
+
 template <typename T>
-std::vector<ColumnBlock> column_blocks(const Conv2dParams& p, int64_t CRS) {
+ColumnBlocks column_blocks(const Conv2dParams& p, int64_t CRS) {
   const int64_t L = p.out_h() * p.out_w();
   const int64_t target = std::max<int64_t>(256, int64_t(kColumnBlockBytes / (double(CRS) * sizeof(T))));
-  std::vector<ColumnBlock> blocks;
+  ColumnBlocks blocks;
   if (L >= target) {
     for (int64_t n = 0; n < p.N; ++n)
-      for (int64_t l0 = 0; l0 < L; l0 += target) blocks.push_back({n, l0, std::min(target, L - l0), true});
+      for (int64_t l0 = 0; l0 < L; l0 += target) blocks.list.push_back({n, l0, std::min(target, L - l0), true});
   } else {
+    blocks.whole_images = true;
     const int64_t images = std::max<int64_t>(1, target / L);
-    for (int64_t n0 = 0; n0 < p.N; n0 += images) blocks.push_back({n0, 0, std::min(images, p.N - n0) * L, false});
+    for (int64_t n0 = 0; n0 < p.N; n0 += images)
+      blocks.list.push_back({n0, 0, std::min(images, p.N - n0) * L, false});
   }
+  for (const ColumnBlock& b : blocks.list) blocks.widest = std::max(blocks.widest, b.count);
   return blocks;
 }
 
@@ -311,9 +322,28 @@ void scatter_rows(const ColumnBlock& b, int64_t L, int64_t rows, const T* src, T
 // on one thread, and blocks write disjoint images, so results do not depend on
 // the thread count. Blocks inside one large image keep the threaded GEMM (their
 // col2im would overlap at the block edges, and their GEMMs are big enough).
-inline bool share_blocks_between_threads(int64_t jobs, const ColumnBlock& first) {
+inline bool share_blocks_between_threads(int64_t jobs, bool whole_images) {
   const int threads = omp_get_max_threads();
-  return !first.within_image && threads > 1 && jobs >= 2 * int64_t(threads) && !omp_in_parallel();
+  return whole_images && threads > 1 && jobs >= 2 * int64_t(threads) && !omp_in_parallel();
+}
+
+// run(g, block, col, aux) for every group g and block, with col and aux buffers
+// of col_size and aux_size elements: each thread its own when threads share the
+// blocks, else one pair used in turn.
+template <typename T, typename Run>
+void run_blocks(const ColumnBlocks& blocks, int64_t groups, int64_t col_size, int64_t aux_size, Run&& run) {
+  const int64_t nb = int64_t(blocks.list.size()), jobs = groups * nb;
+  if (share_blocks_between_threads(jobs, blocks.whole_images)) {
+#pragma omp parallel
+    {
+      Workspace<T> col(col_size), aux(aux_size);
+#pragma omp for schedule(static)
+      for (int64_t job = 0; job < jobs; ++job) run(job / nb, blocks.list[job % nb], col.data(), aux.data());
+    }
+    return;
+  }
+  Workspace<T> col(col_size), aux(aux_size);
+  for (int64_t job = 0; job < jobs; ++job) run(job / nb, blocks.list[job % nb], col.data(), aux.data());
 }
 
 }  // namespace
@@ -335,9 +365,7 @@ void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* w
         gemm_cpu<T>(false, false, Kg, L, CRS, weight + g * Kg * CRS, CRS, image(n, g), L, T(0),
                     output + out_slice(g)(n), L);
   } else {
-    const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
-    int64_t widest = 0;
-    for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
+    const ColumnBlocks blocks = column_blocks<T>(p, CRS);
     const auto run_block = [&](int64_t g, const ColumnBlock& b, T* col, T* out_block) {
       for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
         im2col_columns_cpu(ip, image(n, g), l0, l1, col + at, b.count);
@@ -351,20 +379,7 @@ void conv2d_forward_im2col_cpu(const Conv2dParams& p, const T* input, const T* w
         scatter_rows(b, L, Kg, out_block, output, out_slice(g));
       }
     };
-    const int64_t jobs = p.groups * int64_t(blocks.size());
-    if (share_blocks_between_threads(jobs, blocks.front())) {
-#pragma omp parallel
-      {
-        Workspace<T> col(CRS * widest), out_block(Kg * widest);
-#pragma omp for schedule(static)
-        for (int64_t job = 0; job < jobs; ++job)
-          run_block(job / int64_t(blocks.size()), blocks[job % blocks.size()], col.data(), out_block.data());
-      }
-    } else {
-      Workspace<T> col(CRS * widest), out_block(blocks.front().within_image ? 0 : Kg * widest);
-      for (int64_t g = 0; g < p.groups; ++g)
-        for (const ColumnBlock& b : blocks) run_block(g, b, col.data(), out_block.data());
-    }
+    run_blocks<T>(blocks, p.groups, CRS * blocks.widest, blocks.whole_images ? Kg * blocks.widest : 0, run_block);
   }
   if (bias) {
 #pragma omp parallel for collapse(2) schedule(static) if (p.N * p.K * L > (1 << 18))
@@ -395,9 +410,7 @@ void conv2d_backward_data_im2col_cpu(const Conv2dParams& p, const T* grad_output
     return;
   }
   std::fill(grad_input, grad_input + p.N * p.C * p.H * p.W, T(0));
-  const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
-  int64_t widest = 0;
-  for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
+  const ColumnBlocks blocks = column_blocks<T>(p, CRS);
   const auto run_block = [&](int64_t g, const ColumnBlock& b, T* col, T* gy_block) {
     if (b.within_image) {
       gemm_cpu<T>(true, false, CRS, b.count, Kg, weight + g * Kg * CRS, CRS, grad_output + gy_slice(g)(b.n0) + b.l0,
@@ -411,20 +424,7 @@ void conv2d_backward_data_im2col_cpu(const Conv2dParams& p, const T* grad_output
       col2im_columns_add_cpu(ip, col + at, b.count, l0, l1, image(n, g));
     });
   };
-  const int64_t jobs = p.groups * int64_t(blocks.size());
-  if (share_blocks_between_threads(jobs, blocks.front())) {
-#pragma omp parallel
-    {
-      Workspace<T> col(CRS * widest), gy_block(Kg * widest);
-#pragma omp for schedule(static)
-      for (int64_t job = 0; job < jobs; ++job)
-        run_block(job / int64_t(blocks.size()), blocks[job % blocks.size()], col.data(), gy_block.data());
-    }
-  } else {
-    Workspace<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
-    for (int64_t g = 0; g < p.groups; ++g)
-      for (const ColumnBlock& b : blocks) run_block(g, b, col.data(), gy_block.data());
-  }
+  run_blocks<T>(blocks, p.groups, CRS * blocks.widest, blocks.whole_images ? Kg * blocks.widest : 0, run_block);
 }
 
 template <typename T>
@@ -440,9 +440,8 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   }
   const auto image = [&](int64_t n, int64_t g) { return input + (n * p.C + g * Cg) * p.H * p.W; };
   const auto gy_slice = [&](int64_t g) { return [&p, g, Kg, L](int64_t n) { return (n * p.K + g * Kg) * L; }; };
-  const std::vector<ColumnBlock> blocks = column_blocks<T>(p, CRS);
-  int64_t widest = 0;
-  for (const ColumnBlock& b : blocks) widest = std::max(widest, b.count);
+  const ColumnBlocks blocks = column_blocks<T>(p, CRS);
+  const int64_t widest = blocks.widest;
   // dst (+)= this block's dY * col^T; `first` overwrites.
   const auto add_block = [&](int64_t g, const ColumnBlock& b, bool first, T* dst, T* col, T* gy_block) {
     for_each_image_piece(b, L, [&](int64_t n, int64_t l0, int64_t l1, int64_t at) {
@@ -469,18 +468,18 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   // Large layers (whose partial sums would be big) and blocks inside one image
   // accumulate in one pass instead, with the GEMM threaded.
   constexpr int64_t kPartialSums = 8;
-  const int64_t partials = std::min<int64_t>(kPartialSums, int64_t(blocks.size()));
-  const bool grouped = !blocks.front().within_image && partials >= 2 &&
+  const int64_t nb = int64_t(blocks.list.size());
+  const int64_t partials = std::min<int64_t>(kPartialSums, nb);
+  const bool grouped = blocks.whole_images && partials >= 2 &&
                        double(partials) * double(Kg * CRS) * sizeof(T) <= 4.0 * 1024 * 1024;
   if (!grouped) {
-    Workspace<T> col(CRS * widest), gy_block(blocks.front().within_image ? 0 : Kg * widest);
+    Workspace<T> col(CRS * widest), gy_block(blocks.whole_images ? Kg * widest : 0);
     for (int64_t g = 0; g < p.groups; ++g)
-      for (size_t i = 0; i < blocks.size(); ++i)
-        add_block(g, blocks[i], i == 0, grad_weight + g * Kg * CRS, col.data(), gy_block.data());
+      for (int64_t i = 0; i < nb; ++i)
+        add_block(g, blocks.list[i], i == 0, grad_weight + g * Kg * CRS, col.data(), gy_block.data());
     return;
   }
   Workspace<T> partial(partials * Kg * CRS);
-  const int64_t nb = int64_t(blocks.size());
   for (int64_t g = 0; g < p.groups; ++g) {
 #pragma omp parallel if (omp_get_max_threads() > 1 && !omp_in_parallel())
     {
@@ -488,7 +487,7 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
 #pragma omp for schedule(static)
       for (int64_t part = 0; part < partials; ++part)
         for (int64_t i = part * nb / partials; i < (part + 1) * nb / partials; ++i)
-          add_block(g, blocks[i], i == part * nb / partials, partial.data() + part * Kg * CRS, col.data(),
+          add_block(g, blocks.list[i], i == part * nb / partials, partial.data() + part * Kg * CRS, col.data(),
                     gy_block.data());
     }
     T* dst = grad_weight + g * Kg * CRS;
