@@ -42,13 +42,18 @@ class _FakeKernels:
         return 1
 
 
+def _fake_conv(monkeypatch, fake, fake_clock=True):
+    """Route _kernels to `fake` (and its clock); returns a layer's params and zero inputs."""
+    monkeypatch.setattr(_kernels, "_C", fake)
+    if fake_clock:
+        monkeypatch.setattr(_kernels.time, "perf_counter", fake.clock)
+    p = _params()
+    return p, np.zeros((p.N, p.C, p.H, p.W), np.float32), np.zeros((p.K, p.C, 3, 3), np.float32)
+
+
 def test_benchmark_mode_picks_the_fastest_candidate_and_caches_it(monkeypatch):
     fake = _FakeKernels({"im2col": 3.0, "winograd_2x2": 1.0, "direct": 2.0})
-    monkeypatch.setattr(_kernels, "_C", fake)
-    monkeypatch.setattr(_kernels.time, "perf_counter", fake.clock)
-    p = _params()
-    x = np.zeros((p.N, p.C, p.H, p.W), np.float32)
-    w = np.zeros((p.K, p.C, 3, 3), np.float32)
+    p, x, w = _fake_conv(monkeypatch, fake)
     convx.set_benchmark(True)
     with convx.record_algos() as log:
         _kernels.conv2d_forward(p, x, w, None, "auto")
@@ -62,11 +67,7 @@ def test_benchmark_mode_picks_the_fastest_candidate_and_caches_it(monkeypatch):
 
 def test_benchmark_mode_skips_candidates_that_do_not_apply_and_winograd_4x4(monkeypatch):
     fake = _FakeKernels({"im2col": 3.0, "direct": 2.0, "winograd_4x4": 0.1}, refuse=("winograd_2x2",))
-    monkeypatch.setattr(_kernels, "_C", fake)
-    monkeypatch.setattr(_kernels.time, "perf_counter", fake.clock)
-    p = _params()
-    x = np.zeros((p.N, p.C, p.H, p.W), np.float32)
-    w = np.zeros((p.K, p.C, 3, 3), np.float32)
+    p, x, w = _fake_conv(monkeypatch, fake)
     convx.set_benchmark(True)
     _kernels.conv2d_forward(p, x, w, None, "auto")
     assert "winograd_4x4" not in fake.calls
@@ -75,10 +76,7 @@ def test_benchmark_mode_skips_candidates_that_do_not_apply_and_winograd_4x4(monk
 
 def test_benchmark_mode_off_or_forced_algo_never_times(monkeypatch):
     fake = _FakeKernels({"im2col": 1.0, "auto": 1.0})
-    monkeypatch.setattr(_kernels, "_C", fake)
-    p = _params()
-    x = np.zeros((p.N, p.C, p.H, p.W), np.float32)
-    w = np.zeros((p.K, p.C, 3, 3), np.float32)
+    p, x, w = _fake_conv(monkeypatch, fake, fake_clock=False)
     _kernels.conv2d_forward(p, x, w, None, "auto")
     convx.set_benchmark(True)
     _kernels.conv2d_forward(p, x, w, None, "im2col")
