@@ -24,9 +24,9 @@ template <typename T>
 void gemm_reference_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
                         int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
-// Pre-packed operands, for callers that reuse A across many products or can write
-// B straight into the layout the micro-kernel reads (Winograd's transforms do
-// both), skipping gemm_cpu's packing copies. Sizes are in elements; a packed B
+// Pre-packed operands, for callers that write A and B straight into the layouts
+// the micro-kernel reads (Winograd's transforms do both, and reuse A across all
+// tile blocks), skipping gemm_cpu's packing copies. Sizes are in elements; a packed B
 // buffer must be zero wherever no element was written (its padding columns).
 template <typename T>
 int64_t gemm_packed_a_size(int64_t M, int64_t K);
@@ -49,9 +49,6 @@ struct PackedALayout {
   }
 };
 PackedALayout gemm_packed_a_layout(int64_t M, int64_t K);
-// Packs the row-major M x K matrix A (row stride lda).
-template <typename T>
-void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
 // C (M x N, row stride ldc) = A * B from packed operands.
 template <typename T>
 void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* b_packed, T* C, int64_t ldc);

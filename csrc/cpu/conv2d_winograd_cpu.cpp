@@ -49,8 +49,8 @@ namespace convx {
 namespace {
 
 
-// About this many bytes of V and M per block of tile rows: enough columns for the
-// GEMMs to amortize packing U, little enough to stay near the caches.
+// About this many bytes of V and M per block of tile rows: enough tiles for each
+// product to fill many GEMM strips, little enough to stay near the caches.
 constexpr double kBlockBytes = 8.0 * 1024 * 1024;
 
 // One chunk of transform_filters: 8 output channels (one MR strip) from o0 and

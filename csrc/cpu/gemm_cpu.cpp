@@ -265,18 +265,6 @@ PackedALayout gemm_packed_a_layout(int64_t M, int64_t K) {
 }
 
 template <typename T>
-void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst) {
-  const int64_t Mp = (M + kMR - 1) / kMR * kMR;
-  for (int64_t p0 = 0; p0 < K; p0 += kKC) {
-    const int64_t kc = std::min(kKC, K - p0);
-    const int64_t strips = Mp / kMR;
-#pragma omp parallel for schedule(static) if ((double(Mp) * double(kc) > 262144.0) && !omp_in_parallel())
-    for (int64_t is = 0; is < strips; ++is)
-      pack_a_strip(false, A, lda, is * kMR, std::min(kMR, M - is * kMR), p0, kc, dst + p0 * Mp + is * kc * kMR);
-  }
-}
-
-template <typename T>
 void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* b_packed, T* C, int64_t ldc) {
   constexpr int64_t NR = kNR<T>;
   if (M <= 0 || N <= 0) return;
@@ -311,7 +299,6 @@ void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                           \
   template int64_t gemm_packed_b_size<T>(int64_t, int64_t);                                           \
   template PackedBRow gemm_packed_b_row<T>(int64_t, int64_t, int64_t);                               \
-  template void gemm_pack_a<T>(int64_t, int64_t, const T*, int64_t, T*);                              \
   template void gemm_packed_cpu<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t);
 CONVX_INSTANTIATE_PACKED(float)
 CONVX_INSTANTIATE_PACKED(double)
