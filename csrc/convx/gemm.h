@@ -19,6 +19,13 @@ template <typename T>
 void gemm_abt_small_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta,
                         T* C, int64_t ldc);
 
+// The same with rows given by pointers: A[m][k] = A_rows[m][k], B[n][k] = B_rows[n][k].
+// Rows may overlap (the shifted-plane weight gradient points many B rows into one
+// image at different offsets). Up to 16384 outputs it runs as dot products, beyond
+// as the packed GEMM.
+template <typename T>
+void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, const T* const* B_rows, T beta, T* C,
+                       int64_t ldc);
 // The plain triple loop, kept as the reference the fast GEMM is tested against.
 template <typename T>
 void gemm_reference_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
@@ -49,8 +56,18 @@ struct PackedALayout {
   }
 };
 PackedALayout gemm_packed_a_layout(int64_t M, int64_t K);
+// Packs the row-major M x K matrix A (row stride lda).
+template <typename T>
+void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
 // C (M x N, row stride ldc) = A * B from packed operands.
 template <typename T>
 void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* b_packed, T* C, int64_t ldc);
 
+// C (M x N, row stride ldc) = A * B with A packed and row k of B read in place at
+// b_rows[k] (B[k][n] = b_rows[k][n]), for a B that is a set of shifted views of
+// one buffer (the shifted-plane convolution). Each row is read in whole 64-byte
+// vectors: up to column N rounded up to 64 bytes, which must be readable.
+template <typename T>
+void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows, T* C,
+                              int64_t ldc);
 }  // namespace convx
