@@ -141,6 +141,10 @@ digest(*tensors((64, 1, 12, 12), (25, 1, 3, 3), (25,)), ("auto",), (2, 2))
 # LeNet's second layer: blocks of whole small images, shared between threads, and
 # the weight gradient's fixed set of partial sums
 digest(*tensors((64, 20, 12, 12), (50, 20, 5, 5), (50,)), ("im2col",), (2, 2))
+# the shifted-plane GEMM: images shared between threads (forward), the threaded
+# GEMM (one image), dot products and the packed form of its weight gradient
+digest(*tensors((8, 3, 40, 40), (16, 3, 7, 7), (16,)), ("shifted",), (2, 2))
+digest(*tensors((1, 64, 30, 30), (64, 64, 3, 3), (64,)), ("shifted",), (2, 2))
 print(h.hexdigest())
 """
 

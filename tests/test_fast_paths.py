@@ -248,3 +248,101 @@ def test_im2col_blocks_match_direct(N, C, H, W, K, groups, stride):
         results[algo] = (y, gx, gw)
     for got, want in zip(results["im2col"], results["direct"]):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+# ---- the shifted-plane GEMM ------------------------------------------------------------
+
+def _shifted_params(N, C, H, W, K, R, S, stride, pads, dilation, groups):
+    p = _C.Conv2dParams()
+    p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, W, K, R, S
+    p.stride_h, p.stride_w = stride
+    p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pads
+    p.dilation_h, p.dilation_w = dilation
+    p.groups = groups
+    p.validate()
+    return p
+
+
+def _three_directions(p, algo, x, w, b, gy):
+    """(forward, backward-data, backward-weight) by `algo`; a direction it refuses is None."""
+    results = []
+    for run, shape in ((lambda out: _C.conv2d_forward(p, x, w, b, out, algo), gy.shape),
+                       (lambda out: _C.conv2d_backward_data(p, gy, w, out, algo), x.shape),
+                       (lambda out: _C.conv2d_backward_weight(p, gy, x, out, algo), w.shape)):
+        out = np.empty(shape, x.dtype)
+        try:
+            ran = run(out)
+        except ValueError as e:
+            assert "algo='shifted' needs" in str(e)
+            results.append(None)
+            continue
+        assert ran == algo
+        results.append(out)
+    return results
+
+
+@settings(max_examples=120, deadline=None)
+@given(N=st.integers(1, 3), Cg=st.integers(1, 5), Kg=st.integers(1, 9), groups=st.integers(1, 2),
+       H=st.integers(1, 17), W=st.integers(1, 23), R=st.integers(1, 5), S=st.integers(1, 5),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 4)] * 4),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), seed=st.integers(0, 2**16))
+def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation, seed):
+    # Every stride, dilation, asymmetric padding and group count: wherever the
+    # shifted form runs it gives the reference's answer (float64, so any index slip
+    # shows); where it does not apply it says so.
+    try:
+        p = _shifted_params(N, Cg * groups, H, W, Kg * groups, R, S, stride, pads, dilation, groups)
+    except ValueError:
+        return  # the kernel does not fit in the padded image
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W))
+    w = rng.standard_normal((p.K, Cg, R, S))
+    b = rng.standard_normal(p.K)
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w()))
+    want = _three_directions(p, "direct", x, w, b, gy)
+    got = _three_directions(p, "shifted", x, w, b, gy)
+    for g, ref in zip(got, want):
+        if g is not None:
+            np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(ref).max()))
+    if stride == (1, 1) and max(pads[:2]) <= (R - 1) * dilation[0] and max(pads[2:]) <= (S - 1) * dilation[1]:
+        assert got[1] is not None  # stride 1, padding within the filter's reach: backward-data runs
+
+
+@pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
+    (3, 40, 90, 90, 8, 3, 1, 1),   # 2+ MB per image: one image per chunk, three chunks summed
+    (2, 64, 12, 12, 32, 3, 1, 1),  # 32 x 576 gradient entries: the packed GEMM, not dot products
+    (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
+    (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded
+])
+def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, pad):
+    p = _shifted_params(N, C, H, W, K, R, R, (stride, stride), (pad,) * 4, (1, 1), 1)
+    rng = np.random.default_rng(4)
+    args = (rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, R, R)), rng.standard_normal(K),
+            rng.standard_normal((N, K, p.out_h(), p.out_w())))
+    for got, want in zip(_three_directions(p, "shifted", *args), _three_directions(p, "direct", *args)):
+        assert got is not None or stride > 1
+        if got is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+def test_shifted_refuses_padding_that_dominates_the_image():
+    p = _shifted_params(1, 1, 2, 2, 1, 1, 1, (1, 1), (40, 40, 40, 40), (1, 1), 1)
+    with pytest.raises(ValueError, match=r"algo='shifted' needs padding .* got input 2x2, kernel 1x1"):
+        _C.conv2d_forward(p, np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1)), None, np.empty((1, 1, 82, 82)), "shifted")
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_shifted_weight_gradient_falls_back_on_non_finite_input(value):
+    # The shifted weight gradient multiplies the pixels of the dropped columns by
+    # zeros; 0 * inf = NaN would spoil taps that never see the bad pixel. The last
+    # column of an unpadded 3x3 layer is only seen by the right-hand taps.
+    p = _shifted_params(2, 3, 8, 9, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 8, 9))
+    x[1, 2, 4, 8] = value
+    gy = rng.standard_normal((2, 4, 6, 7))
+    got, want = np.empty((4, 3, 3, 3)), np.empty((4, 3, 3, 3))
+    assert _C.conv2d_backward_weight(p, gy, x, got, "shifted") == "im2col"
+    _C.conv2d_backward_weight(p, gy, x, want, "direct")
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+    assert np.isfinite(got[:, :, :, :2]).all() and not np.isfinite(got[:, 2, :, 2]).all()

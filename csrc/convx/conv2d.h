@@ -7,7 +7,7 @@
 
 namespace convx {
 
-enum class Conv2dAlgo { Auto, Direct, Im2col, Winograd4x4, Winograd2x2 };
+enum class Conv2dAlgo { Auto, Direct, Im2col, Winograd4x4, Winograd2x2, Shifted };
 
 Conv2dAlgo conv2d_algo_from_name(const std::string& name);  // throws on unknown names
 const char* conv2d_algo_name(Conv2dAlgo algo);
@@ -77,4 +77,21 @@ template <typename T>
 void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                        T* grad_weight);
 
+
+// ---- shifted-plane implicit GEMM: im2col's GEMM with B read in place from shifted
+// views of a padded copy of the image (see conv2d_shifted_cpu.cpp) ----------------
+// It applies while the padding does not dominate the padded image and the stride
+// is at most the filter's reach; backward-data also needs stride 1 and padding no
+// wider than (R-1)*dilation.
+bool conv2d_shifted_applies(const Conv2dParams& p, Conv2dDirection direction);
+template <typename T>
+void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output);
+template <typename T>
+void conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input);
+// Returns false, having written nothing meaningful, when the input holds a value
+// that is not finite: this form multiplies some pixels by zeros, and 0 * inf would
+// put a NaN where the true gradient has none. The caller then uses im2col.
+template <typename T>
+bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                        T* grad_weight);
 }  // namespace convx

@@ -47,8 +47,10 @@ Conv2dAlgo conv2d_algo_from_name(const std::string& name) {
   if (name == "im2col") return Conv2dAlgo::Im2col;
   if (name == "winograd_4x4") return Conv2dAlgo::Winograd4x4;
   if (name == "winograd_2x2") return Conv2dAlgo::Winograd2x2;
+  if (name == "shifted") return Conv2dAlgo::Shifted;
   throw std::invalid_argument(
-      "algo must be one of 'auto', 'direct', 'im2col', 'winograd_4x4', 'winograd_2x2', got '" + name + "'");
+      "algo must be one of 'auto', 'direct', 'im2col', 'winograd_4x4', 'winograd_2x2', 'shifted', got '" + name +
+      "'");
 }
 
 const char* conv2d_algo_name(Conv2dAlgo algo) {
@@ -58,6 +60,7 @@ const char* conv2d_algo_name(Conv2dAlgo algo) {
     case Conv2dAlgo::Im2col: return "im2col";
     case Conv2dAlgo::Winograd4x4: return "winograd_4x4";
     case Conv2dAlgo::Winograd2x2: return "winograd_2x2";
+    case Conv2dAlgo::Shifted: return "shifted";
   }
   return "unknown";
 }
@@ -81,6 +84,33 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
   if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && tiles >= 64)
     return Conv2dAlgo::Winograd2x2;
+  // A 1x1 layer's GEMM reads the image itself (no im2col): nothing to save.
+  if (is_pointwise(p)) return Conv2dAlgo::Im2col;
+  // The shifted-plane GEMM skips im2col's copy of the image R*S times over, at the
+  // price of computing the Wq - OW dropped columns of every output row. Measured on
+  // one core against im2col (speed vs torch, shifted / im2col):
+  //  - forward: ahead on every layer of the suite, most where the copy dominates
+  //    (few channels, big filters: LeNet 1.2-1.35x / 0.8x, 7x7 stem 2.1x / 1.3x);
+  //  - backward data (the forward of the flipped filters, stride 1 only): ahead
+  //    when the flipped layer has 64+ outputs (64 channels at 56x56: 1.03x / 0.78x);
+  //    behind with few input channels, where its GEMM is a handful of rows thin
+  //    (LeNet's first layer: 1.8x / 5.9x);
+  //  - weight gradient: ahead while the gradient is small enough to run as dot
+  //    products (<= 16384 entries: stem 0.88x / 0.59x, digits layers 1.6x / 1.3x),
+  //    behind beyond, where its packing transposes (512 channels on 7x7: 0.55x / 0.94x).
+  //  Where the dropped columns are more than the kept ones (a dilated filter on a
+  //  small image), or the padding dominates the image, im2col stays.
+  if (!conv2d_shifted_applies(p, direction) ||
+      p.W + p.pad_left + p.pad_right > 2 * p.stride_w * p.out_w())  // Wq > 2 * OW
+    return Conv2dAlgo::Im2col;
+  switch (direction) {
+    case Conv2dDirection::Forward: return Conv2dAlgo::Shifted;
+    case Conv2dDirection::BackwardData:
+      return p.channels_per_group() >= 64 ? Conv2dAlgo::Shifted : Conv2dAlgo::Im2col;
+    case Conv2dDirection::BackwardWeight:
+      return p.filters_per_group() * p.channels_per_group() * p.R * p.S <= 16384 ? Conv2dAlgo::Shifted
+                                                                                 : Conv2dAlgo::Im2col;
+  }
   return Conv2dAlgo::Im2col;
 }
 
@@ -95,6 +125,21 @@ void require_winograd(const Conv2dParams& p, Conv2dAlgo algo) {
         std::to_string(p.R) + "x" + std::to_string(p.S) + ", stride (" + std::to_string(p.stride_h) + ", " +
         std::to_string(p.stride_w) + "), dilation (" + std::to_string(p.dilation_h) + ", " +
         std::to_string(p.dilation_w) + "), groups=" + std::to_string(p.groups));
+}
+
+void require_shifted(const Conv2dParams& p, Conv2dDirection direction) {
+  if (!conv2d_shifted_applies(p, direction))
+    throw std::invalid_argument(
+        std::string("algo='shifted' needs padding that does not dominate the image and a stride no wider than the "
+                    "kernel's reach") +
+        (direction == Conv2dDirection::BackwardData
+             ? "; for the input gradient also stride 1 and padding at most (kernel_size - 1) * dilation"
+             : "") +
+        ", got input " + std::to_string(p.H) + "x" + std::to_string(p.W) + ", kernel " + std::to_string(p.R) + "x" +
+        std::to_string(p.S) + ", stride (" + std::to_string(p.stride_h) + ", " + std::to_string(p.stride_w) +
+        "), padding (" + std::to_string(p.pad_top) + ", " + std::to_string(p.pad_bottom) + ", " +
+        std::to_string(p.pad_left) + ", " + std::to_string(p.pad_right) + "), dilation (" +
+        std::to_string(p.dilation_h) + ", " + std::to_string(p.dilation_w) + ")");
 }
 }  // namespace
 
@@ -506,8 +551,11 @@ Conv2dAlgo conv2d_forward_cpu(const Conv2dParams& p, const T* input, const T* we
                               T* output, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::Forward);
   if (is_winograd(algo)) require_winograd(p, algo);
+  if (algo == Conv2dAlgo::Shifted) require_shifted(p, Conv2dDirection::Forward);
   if (algo == Conv2dAlgo::Direct)
     conv2d_forward_direct_cpu(p, input, weight, bias, output);
+  else if (algo == Conv2dAlgo::Shifted)
+    conv2d_forward_shifted_cpu(p, input, weight, bias, output);
   else if (is_winograd(algo))
     conv2d_forward_winograd_cpu(p, input, weight, bias, output, winograd_tile(algo));
   else
@@ -520,8 +568,11 @@ Conv2dAlgo conv2d_backward_data_cpu(const Conv2dParams& p, const T* grad_output,
                                     T* grad_input, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardData);
   if (is_winograd(algo)) require_winograd(p, algo);
+  if (algo == Conv2dAlgo::Shifted) require_shifted(p, Conv2dDirection::BackwardData);
   if (algo == Conv2dAlgo::Direct)
     conv2d_backward_data_direct_cpu(p, grad_output, weight, grad_input);
+  else if (algo == Conv2dAlgo::Shifted)
+    conv2d_backward_data_shifted_cpu(p, grad_output, weight, grad_input);
   else if (is_winograd(algo))
     conv2d_backward_data_winograd_cpu(p, grad_output, weight, grad_input, winograd_tile(algo));
   else
@@ -537,12 +588,18 @@ Conv2dAlgo conv2d_backward_weight_cpu(const Conv2dParams& p, const T* grad_outpu
     require_winograd(p, algo);
     algo = Conv2dAlgo::Winograd2x2;  // the one weight-gradient form, F(3x3, 2x2)
   }
+  if (algo == Conv2dAlgo::Shifted) require_shifted(p, Conv2dDirection::BackwardWeight);
   if (algo == Conv2dAlgo::Winograd2x2)
     conv2d_backward_weight_winograd_cpu(p, grad_output, input, grad_weight);
   else if (algo == Conv2dAlgo::Direct)
     conv2d_backward_weight_direct_cpu(p, grad_output, input, grad_weight);
-  else
+  else if (algo == Conv2dAlgo::Shifted && conv2d_backward_weight_shifted_cpu(p, grad_output, input, grad_weight))
+    return algo;
+  else {
+    // im2col, asked for or taken because the input is not finite (see the shifted form)
     conv2d_backward_weight_im2col_cpu(p, grad_output, input, grad_weight);
+    return Conv2dAlgo::Im2col;
+  }
   return algo;
 }
 

@@ -1,0 +1,293 @@
+// conv2d as a GEMM that reads its B operand in place from shifted views of the
+// image, with no im2col: forward, backward-data (stride 1) and backward-weight.
+//
+// Pad the image and split it into stride_h x stride_w phase planes: plane (a, b)
+// holds the padded pixels (i*sh + a, j*sw + b), as an Hq x Wq row-major array.
+// Output pixel (oh, ow) under tap (r, s) reads padded pixel
+// (oh*sh + r*dh, ow*sw + s*dw), which is plane ((r*dh) % sh, (s*dw) % sw) at flat
+// index q + shift(r, s), where
+//   q = oh*Wq + ow                          the output's "wide" column
+//   shift(r, s) = (r*dh / sh)*Wq + s*dw / sw.
+// So over the wide columns q in [0, OH*Wq), row (c, r, s) of the im2col matrix is
+// a contiguous slice of one plane, starting at shift(r, s). The GEMM reads B
+// through one pointer per row (gemm_packed_a_rows_b_cpu) and nothing of the size
+// of the column matrix is ever written: the planes are one padded copy of the
+// image. The price is the wide columns with ow >= OW (Wq - OW of every Wq: 2 of 58
+// for a padded 3x3 layer on 56x56, 3 of 115 for a 7x7 stride-2 stem), computed
+// and then dropped.
+//
+//   forward          Y_wide (Kg x OH*Wq) = W (Kg x CRS) * B, B row (c,r,s) = plane + shift
+//   backward data    the forward of dY padded by (R-1)*d - pad with the filters
+//                    flipped and transposed (stride 1 only: a strided layer's
+//                    gradient is not a convolution of this form)
+//   backward weight  dW (Kg x CRS) = dY_wide * B^T: dot products along q, with dY
+//                    laid out wide and zero in the dropped columns, so those
+//                    columns add nothing
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "convx/conv2d.h"
+#include "convx/gemm.h"
+
+namespace convx {
+namespace {
+
+struct ShiftedGeometry {
+  int64_t sh, sw, phases;  // phases = sh * sw planes per channel
+  int64_t Hq, Wq;          // one phase plane
+  int64_t plane;           // elements allotted per plane: Hq*Wq plus slack for reads past the end
+  int64_t OH, OW;
+  int64_t wide;  // OH * Wq wide columns
+};
+
+ShiftedGeometry shifted_geometry(const Conv2dParams& p) {
+  ShiftedGeometry g;
+  g.sh = p.stride_h;
+  g.sw = p.stride_w;
+  g.phases = g.sh * g.sw;
+  g.Hq = (p.H + p.pad_top + p.pad_bottom + g.sh - 1) / g.sh;
+  g.Wq = (p.W + p.pad_left + p.pad_right + g.sw - 1) / g.sw;
+  g.OH = p.out_h();
+  g.OW = p.out_w();
+  g.wide = g.OH * g.Wq;
+  // The furthest read: a wide column below OH*Wq rounded up to a 64-byte vector,
+  // plus the largest shift, which is at most (Hq - OH)*Wq + (S-1)*dw/sw (the
+  // bottom tap row still lies inside the plane). Round up to keep planes aligned.
+  const int64_t reach = g.Hq * g.Wq + (p.S - 1) * p.dilation_w / g.sw + 16;
+  g.plane = (reach + 15) / 16 * 16;
+  return g;
+}
+
+// Offset of row (c, r, s) of B from the start of channel 0's planes, when the
+// planes of one channel and phase for `images` images lie one after another.
+std::vector<int64_t> row_shifts(const Conv2dParams& p, const ShiftedGeometry& g, int64_t channels, int64_t images) {
+  std::vector<int64_t> shift(channels * p.R * p.S);
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t r = 0; r < p.R; ++r)
+      for (int64_t s = 0; s < p.S; ++s) {
+        const int64_t a = (r * p.dilation_h) % g.sh, b = (s * p.dilation_w) % g.sw;
+        shift[(c * p.R + r) * p.S + s] = ((c * g.phases + a * g.sw + b) * images) * g.plane +
+                                         (r * p.dilation_h / g.sh) * g.Wq + (s * p.dilation_w) / g.sw;
+      }
+  return shift;
+}
+
+// Writes the phase planes of `channels` channels of one image (H x W each) as
+// image j of `images`, slack zeroed. Returns false if the image holds a value that
+// is not finite (the weight gradient multiplies some pixels by zeros it would not
+// otherwise touch, and 0 * inf is NaN; its caller then takes another path).
+template <typename T>
+bool fill_planes(const Conv2dParams& p, const ShiftedGeometry& g, const T* image, int64_t channels, int64_t j,
+                 int64_t images, T* planes) {
+  T finite_probe = 0;  // sums v - v: 0 for finite values, NaN as soon as one is not
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* src = image + c * p.H * p.W;
+    for (int64_t a = 0; a < g.sh; ++a)
+      for (int64_t b = 0; b < g.sw; ++b) {
+        T* dst = planes + ((c * g.phases + a * g.sw + b) * images + j) * g.plane;
+        for (int64_t i = 0; i < g.Hq; ++i) {
+          T* row = dst + i * g.Wq;
+          const int64_t ih = i * g.sh + a - p.pad_top;
+          if (ih < 0 || ih >= p.H) {
+            std::fill(row, row + g.Wq, T(0));
+            continue;
+          }
+          const T* src_row = src + ih * p.W;
+          if (g.sw == 1) {  // a shifted copy between zero borders
+            const int64_t left = std::min(p.pad_left, g.Wq), width = std::min(p.W, g.Wq - left);
+            std::fill(row, row + left, T(0));
+            for (int64_t x = 0; x < width; ++x) {
+              row[left + x] = src_row[x];
+              finite_probe += src_row[x] - src_row[x];
+            }
+            std::fill(row + left + width, row + g.Wq, T(0));
+            continue;
+          }
+          for (int64_t x = 0; x < g.Wq; ++x) {
+            const int64_t iw = x * g.sw + b - p.pad_left;
+            const T v = (iw >= 0 && iw < p.W) ? src_row[iw] : T(0);
+            row[x] = v;
+            finite_probe += v - v;
+          }
+        }
+        std::fill(dst + g.Hq * g.Wq, dst + g.plane, T(0));
+      }
+  }
+  return finite_probe == T(0);
+}
+
+template <typename T>
+struct Buffer {
+  std::vector<T> data;
+  explicit Buffer(int64_t n) : data(std::max<int64_t>(n, 1)) {}
+};
+
+// Threads take whole (image, group) jobs when there are enough of them: each GEMM
+// then runs on its thread alone, and every output element is computed exactly as
+// on one thread.
+inline bool share_jobs_between_threads(int64_t jobs) {
+  const int threads = omp_get_max_threads();
+  return threads > 1 && jobs >= 2 * int64_t(threads) && !omp_in_parallel();
+}
+
+// The forward pass with filters given per group as Kg x CRS rows (weight may be a
+// transformed copy: backward-data passes the flipped, transposed filters).
+template <typename T>
+void forward_shifted(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output) {
+  const ShiftedGeometry g = shifted_geometry(p);
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
+  const int64_t a_size = gemm_packed_a_size<T>(Kg, CRS);
+  std::vector<T> a_packed(p.groups * a_size);
+  for (int64_t gr = 0; gr < p.groups; ++gr) gemm_pack_a<T>(Kg, CRS, weight + gr * Kg * CRS, CRS, a_packed.data() + gr * a_size);
+  const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
+  const int64_t planes_size = Cg * g.phases * g.plane, wide_size = Kg * g.wide;
+
+  const auto run = [&](int64_t job, T* planes, T* wide, const T** rows) {
+    const int64_t n = job / p.groups, gr = job % p.groups;
+    fill_planes(p, g, input + (n * p.C + gr * Cg) * p.H * p.W, Cg, 0, 1, planes);
+    for (int64_t e = 0; e < CRS; ++e) rows[e] = planes + shift[e];
+    gemm_packed_a_rows_b_cpu<T>(Kg, g.wide, CRS, a_packed.data() + gr * a_size, rows, wide, g.wide);
+    for (int64_t k = 0; k < Kg; ++k) {
+      const T b = bias ? bias[gr * Kg + k] : T(0);
+      T* out = output + (n * p.K + gr * Kg + k) * g.OH * g.OW;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const T* src = wide + k * g.wide + oh * g.Wq;
+        for (int64_t ow = 0; ow < g.OW; ++ow) out[oh * g.OW + ow] = src[ow] + b;
+      }
+    }
+  };
+  const int64_t jobs = p.N * p.groups;
+  if (share_jobs_between_threads(jobs)) {
+#pragma omp parallel
+    {
+      Buffer<T> planes(planes_size), wide(wide_size);
+      std::vector<const T*> rows(CRS);
+#pragma omp for schedule(static)
+      for (int64_t job = 0; job < jobs; ++job) run(job, planes.data.data(), wide.data.data(), rows.data());
+    }
+    return;
+  }
+  Buffer<T> planes(planes_size), wide(wide_size);
+  std::vector<const T*> rows(CRS);
+  for (int64_t job = 0; job < jobs; ++job) run(job, planes.data.data(), wide.data.data(), rows.data());
+}
+
+// The layer whose forward pass is this layer's backward-data pass (stride 1):
+// input dY (K channels of OH x OW), filters (R-1)*d - pad, C outputs.
+Conv2dParams backward_data_as_forward(const Conv2dParams& p) {
+  Conv2dParams q = p;
+  q.C = p.K;
+  q.K = p.C;
+  q.H = p.out_h();
+  q.W = p.out_w();
+  q.pad_top = (p.R - 1) * p.dilation_h - p.pad_top;
+  q.pad_bottom = (p.R - 1) * p.dilation_h - p.pad_bottom;
+  q.pad_left = (p.S - 1) * p.dilation_w - p.pad_left;
+  q.pad_right = (p.S - 1) * p.dilation_w - p.pad_right;
+  return q;
+}
+
+}  // namespace
+
+namespace {
+// The planes are one padded copy of the image: worth it only while the padding
+// does not dominate them, and while the filter reads every phase (a stride wider
+// than the filter's reach skips pixels: their planes would be built and unread).
+bool planes_are_sensible(const Conv2dParams& p) {
+  const double padded = (double(p.H) + p.pad_top + p.pad_bottom) * (double(p.W) + p.pad_left + p.pad_right);
+  return padded <= 4.0 * double(p.H) * double(p.W) + 4096.0 && p.stride_h <= (p.R - 1) * p.dilation_h + 1 &&
+         p.stride_w <= (p.S - 1) * p.dilation_w + 1;
+}
+}  // namespace
+
+bool conv2d_shifted_applies(const Conv2dParams& p, Conv2dDirection direction) {
+  if (!planes_are_sensible(p)) return false;
+  if (direction != Conv2dDirection::BackwardData) return true;
+  // The gradient of a strided layer, or of one padded by more than its filter's
+  // reach, is not a stride-1 convolution with non-negative padding.
+  const Conv2dParams q = backward_data_as_forward(p);
+  return p.stride_h == 1 && p.stride_w == 1 && q.pad_top >= 0 && q.pad_bottom >= 0 && q.pad_left >= 0 &&
+         q.pad_right >= 0 && planes_are_sensible(q);
+}
+
+template <typename T>
+void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output) {
+  if (p.N == 0) return;
+  forward_shifted(p, input, weight, bias, output);
+}
+
+template <typename T>
+void conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
+  if (p.N == 0) return;
+  // dX[c, h, w] = sum over k, r, s of W[k, c, r, s] * dY[k, h + pad - r*d, w + pad - s*d]:
+  // with r' = R-1-r this is a forward convolution of dY, padded by (R-1)*d - pad,
+  // by the filters W'[c, k, r', s'] = W[k, c, R-1-r', S-1-s'] (per group).
+  const Conv2dParams q = backward_data_as_forward(p);
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S;
+  std::vector<T> flipped(p.C * Kg * RS);
+  for (int64_t gr = 0; gr < p.groups; ++gr)
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t t = 0; t < RS; ++t)
+          flipped[((gr * Cg + c) * Kg + k) * RS + (RS - 1 - t)] = weight[((gr * Kg + k) * Cg + c) * RS + t];
+  forward_shifted(q, grad_output, flipped.data(), static_cast<const T*>(nullptr), grad_input);
+}
+
+template <typename T>
+bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                        T* grad_weight) {
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
+  if (p.N == 0) {
+    std::fill(grad_weight, grad_weight + p.K * CRS, T(0));
+    return true;
+  }
+  const ShiftedGeometry g = shifted_geometry(p);
+  // Images go through in chunks, their planes (and wide dY) laid end to end, so a
+  // dot product runs over the whole chunk at once; the chunk is sized by the shape
+  // alone (a fixed summation order) and bounds the buffers near kChunkBytes.
+  constexpr double kChunkBytes = 4.0 * 1024 * 1024;
+  const double image_bytes = double((Cg * g.phases + Kg) * g.plane) * sizeof(T);
+  const int64_t images = std::clamp<int64_t>(int64_t(kChunkBytes / image_bytes), 1, p.N);
+  const std::vector<int64_t> shift = row_shifts(p, g, Cg, images);
+  Buffer<T> planes(Cg * g.phases * images * g.plane), dy_wide(Kg * images * g.plane);
+  std::vector<const T*> a_rows(Kg), b_rows(CRS);
+  for (int64_t k = 0; k < Kg; ++k) a_rows[k] = dy_wide.data.data() + k * images * g.plane;
+  for (int64_t e = 0; e < CRS; ++e) b_rows[e] = planes.data.data() + shift[e];
+  for (int64_t gr = 0; gr < p.groups; ++gr)
+    for (int64_t n0 = 0; n0 < p.N; n0 += images) {
+      const int64_t count = std::min(images, p.N - n0);
+      bool finite = true;
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t n = n0 + j;
+        finite &= fill_planes(p, g, input + (n * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data.data());
+        for (int64_t k = 0; k < Kg; ++k) {
+          T* dst = dy_wide.data.data() + (k * images + j) * g.plane;
+          const T* src = grad_output + (n * p.K + gr * Kg + k) * g.OH * g.OW;
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dst + oh * g.Wq);
+            std::fill(dst + oh * g.Wq + g.OW, dst + (oh + 1) * g.Wq, T(0));
+          }
+          std::fill(dst + g.wide, dst + g.plane, T(0));
+        }
+      }
+      if (!finite) return false;
+      // Past the last image's wide columns dY is zero: stop there.
+      const int64_t length = (count - 1) * g.plane + g.wide;
+      gemm_abt_rows_cpu<T>(Kg, CRS, length, a_rows.data(), b_rows.data(), n0 > 0 ? T(1) : T(0),
+                           grad_weight + gr * Kg * CRS, CRS);
+    }
+  return true;
+}
+
+#define CONVX_INSTANTIATE(T)                                                                               \
+  template void conv2d_forward_shifted_cpu<T>(const Conv2dParams&, const T*, const T*, const T*, T*);      \
+  template void conv2d_backward_data_shifted_cpu<T>(const Conv2dParams&, const T*, const T*, T*);          \
+  template bool conv2d_backward_weight_shifted_cpu<T>(const Conv2dParams&, const T*, const T*, T*);
+CONVX_INSTANTIATE(float)
+CONVX_INSTANTIATE(double)
+#undef CONVX_INSTANTIATE
+
+}  // namespace convx
