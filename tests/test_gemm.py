@@ -1,7 +1,8 @@
 """The packed GEMM behind the im2col paths, against numpy and the triple-loop reference.
 
 Sizes straddle the blocking parameters (8-row micro-tiles, 16/8-column vectors,
-KC = 256, MC = 96, NC = 4096) so every edge-tile path runs.
+KC = 256, MC = 192, NC = 4080; 16 x 16 register transposes when packing an
+operand stored along the reduction) so every edge-tile path runs.
 """
 import numpy as np
 import pytest

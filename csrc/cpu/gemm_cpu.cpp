@@ -163,16 +163,100 @@ struct StridedRows {
   const T* operator()(int64_t i) const { return base + i * ld; }
 };
 
+// Integer vectors of the same shape as Vec<T>, for shuffle masks.
+template <typename T>
+struct IntVec;
+template <>
+struct IntVec<float> {
+  typedef int32_t type __attribute__((vector_size(64)));
+};
+template <>
+struct IntVec<double> {
+  typedef int64_t type __attribute__((vector_size(64)));
+};
+
+// Transposes the L x L block held in v (row r in v[r], L = lanes) in registers.
+// Stage h swaps bit h of the row index with bit h of the column index, by
+// exchanging the off-diagonal h-blocks of rows i and i + h: every new row is one
+// two-source permute of two old rows (vpermt2ps on AVX-512), L/2 * 2 per stage,
+// log2(L) stages. Packing an operand stored along the reduction is a transpose;
+// done by scalar strided stores it cost the shifted-plane weight gradient as much
+// as its GEMM.
+// always_inline here and below: the callers are compiled once per instruction set
+// (CONVX_SIMD_CLONES), and a helper left out of line would be compiled for the
+// baseline only, emulating 64-byte shuffles with 16-byte ones.
+template <typename T>
+__attribute__((always_inline)) inline void transpose_in_registers(typename Vec<T>::type* v) {
+  typedef typename Vec<T>::type V;
+  typedef typename IntVec<T>::type M;
+  constexpr int L = int(kLanes<T>);
+#pragma GCC unroll 4
+  for (int h = L / 2; h >= 1; h /= 2) {
+    M low, high;
+#pragma GCC unroll 16
+    for (int c = 0; c < L; ++c) {
+      low[c] = (c & h) ? L + c - h : c;
+      high[c] = (c & h) ? L + c : c + h;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i)
+      if (!(i & h)) {
+        const V a = v[i], b = v[i + h];
+        v[i] = __builtin_shuffle(a, b, low);
+        v[i + h] = __builtin_shuffle(a, b, high);
+      }
+  }
+}
+
+// dst[p * dst_stride + r] = row(r0 + r)[p0 + p] for r < ROWS, p < kc: kc x ROWS of
+// a transposed, ROWS = L (a B block) or MR (an A strip; padded to L rows with
+// zeros in registers). Whole L x L blocks go through registers; the tail of kc is
+// scalar. ROWS is a template argument so every store has a constant size (a
+// variable-size memcpy became `rep movsq`, slower than the scalar loop).
+template <typename T, int64_t ROWS, typename Rows>
+__attribute__((always_inline)) inline void transpose_rows(Rows row, int64_t r0, int64_t p0, int64_t kc, T* dst,
+                                                          int64_t dst_stride) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = kLanes<T>;
+  static_assert(ROWS <= L, "one block of rows at a time");
+  const T* src[ROWS];
+  for (int64_t r = 0; r < ROWS; ++r) src[r] = row(r0 + r) + p0;
+  int64_t p = 0;
+  for (; p + L <= kc; p += L) {
+    V v[L];
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < L; ++r) {
+      if (r < ROWS)
+        std::memcpy(&v[r], src[r] + p, sizeof(V));
+      else
+        v[r] = V{};
+    }
+    transpose_in_registers<T>(v);
+#pragma GCC unroll 16
+    for (int64_t c = 0; c < L; ++c) std::memcpy(dst + (p + c) * dst_stride, &v[c], ROWS * sizeof(T));
+  }
+  for (int64_t r = 0; r < ROWS; ++r)
+    for (int64_t q = p; q < kc; ++q) dst[q * dst_stride + r] = src[r][q];
+}
+
+// The same for any rows count, scalar: the edges of the operands.
+template <typename T, typename Rows>
+inline void transpose_rows_scalar(Rows row, int64_t r0, int64_t rows, int64_t p0, int64_t kc, T* dst,
+                                  int64_t dst_stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* src = row(r0 + r) + p0;
+    for (int64_t q = 0; q < kc; ++q) dst[q * dst_stride + r] = src[q];
+  }
+}
+
 // Packs op(A)[i0:i0+mr, p0:p0+kc] into one MR-tall strip, kc x MR row-major by k,
-// zero-padding the missing rows so the micro-kernel never branches on m. The
-// loops follow the source layout (contiguous reads, strided writes into the
-// small strip), whichever way A is stored.
+// zero-padding the missing rows so the micro-kernel never branches on m.
 template <typename T, typename Rows>
 CONVX_SIMD_CLONES void pack_a_strip_rows(Rows row, int64_t i0, int64_t mr, int64_t p0, int64_t kc, T* dst) {
-  for (int64_t i = 0; i < mr; ++i) {
-    const T* src = row(i0 + i) + p0;
-    for (int64_t p = 0; p < kc; ++p) dst[p * kMR + i] = src[p];
-  }
+  if (mr == kMR)
+    transpose_rows<T, kMR>(row, i0, p0, kc, dst, kMR);
+  else
+    transpose_rows_scalar<T>(row, i0, mr, p0, kc, dst, kMR);
   for (int64_t i = mr; i < kMR; ++i)
     for (int64_t p = 0; p < kc; ++p) dst[p * kMR + i] = T(0);
 }
@@ -196,10 +280,12 @@ CONVX_SIMD_CLONES void pack_a_strip(bool trans_a, const T* A, int64_t lda, int64
 // rows of B (contiguous along the reduction) given by an accessor.
 template <typename T, typename Rows>
 CONVX_SIMD_CLONES void pack_bt_strip_rows(Rows row, int64_t p0, int64_t kc, int64_t j0, int64_t nr, T* dst) {
-  constexpr int64_t NR = kNR<T>;
-  for (int64_t j = 0; j < nr; ++j) {
-    const T* src = row(j0 + j) + p0;
-    for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p];
+  constexpr int64_t NR = kNR<T>, L = kLanes<T>;
+  for (int64_t j = 0; j < nr; j += L) {
+    if (nr - j >= L)
+      transpose_rows<T, L>(row, j0 + j, p0, kc, dst + j, NR);
+    else
+      transpose_rows_scalar<T>(row, j0 + j, nr - j, p0, kc, dst + j, NR);
   }
   for (int64_t p = 0; p < kc; ++p)
     for (int64_t j = nr; j < NR; ++j) dst[p * NR + j] = T(0);
