@@ -31,6 +31,13 @@ template <typename T>
 void gemm_reference_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
                         int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// Columns of C per micro-tile (48 floats, 24 doubles): callers that choose their
+// N can avoid narrow last strips.
+template <typename T>
+constexpr int64_t gemm_micro_tile_cols() {
+  return 3 * 64 / int64_t(sizeof(T));
+}
+
 // Pre-packed operands, for callers that write A and B straight into the layouts
 // the micro-kernel reads (Winograd's transforms do both, and reuse A across all
 // tile blocks), skipping gemm_cpu's packing copies. Sizes are in elements; a packed B

@@ -276,17 +276,39 @@ struct WinogradShape {
 // (+ bias[k]), zero outside the input, with U the transformed filters.
 // U_packed: the kXi transformed filter matrices (K x C each), packed for the GEMM,
 // gemm_packed_a_size(K, C) apart.
+// The tiles of a block are the N of its GEMMs, which run in strips of `strip`
+// columns (48 floats); a last strip of 1 or 2 vectors still pays for 8
+// broadcasts per step, so it costs about 32 or 40 columns' time against 48 for a
+// full one. Among block heights from half the largest to the largest, pick the
+// one whose blocks cost least in all: on the 19x19 board (10 tiles per row, 160
+// tile rows at batch 16) 24 rows make 240 = 5 x 48 tiles, where 34 rows left a
+// 4-tile strip per block, 3% of the layer's time.
+int64_t rows_per_gemm_block(int64_t tile_rows, int64_t tw, int64_t largest, int64_t strip) {
+  const auto block_cost = [&](int64_t tiles) {
+    const int64_t full = tiles / strip, rest = tiles % strip, lanes = strip / 3;
+    const int64_t tail = rest == 0 ? 0 : (rest <= lanes ? 32 : rest <= 2 * lanes ? 40 : 48);
+    return full * 48 + tail;
+  };
+  int64_t best = largest, best_cost = -1;
+  for (int64_t rows = largest; rows >= std::max<int64_t>(1, largest / 2); --rows) {
+    const int64_t cost = (tile_rows / rows) * block_cost(rows * tw) + block_cost((tile_rows % rows) * tw);
+    if (best_cost < 0 || cost < best_cost) best = rows, best_cost = cost;
+  }
+  return best;
+}
+
 template <typename F, typename T>
 void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, const T* bias, T* output) {
   constexpr int64_t kTile = F::kTile, kPatch = F::kPatch, kXi = F::kXi;
   const int64_t th = sh.tiles_h(kTile), tw = sh.tiles_w(kTile);
   const int64_t C = sh.C, K = sh.K;
   const int64_t tile_rows = sh.N * th;  // (n, tile row) pairs, processed in blocks
-  // Tile columns are padded to a whole number of GEMM strips' worth of work only
-  // through the block size; each block holds whole tile rows.
+  // Each block holds whole tile rows, as many as fit in kBlockBytes, but no more
+  // than make the GEMMs' last strips the cheapest (see rows_per_gemm_block).
   const double bytes_per_tile = double(kXi) * double(C + K) * sizeof(T);
-  const int64_t rows_per_block =
-      std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(kBlockBytes / bytes_per_tile) / tw));
+  const int64_t rows_per_block = rows_per_gemm_block(
+      tile_rows, tw, std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(kBlockBytes / bytes_per_tile) / tw)),
+      gemm_micro_tile_cols<T>());
   const int64_t max_tiles = rows_per_block * tw;
   // V is written by the input transform straight into the GEMM's packed-B layout,
   // so the 36 products read it without another copy.

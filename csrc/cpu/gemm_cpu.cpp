@@ -56,6 +56,8 @@ template <typename T>
 constexpr int64_t kLanes = 64 / sizeof(T);
 template <typename T>
 constexpr int64_t kNR = kNV * kLanes<T>;
+static_assert(kNR<float> == gemm_micro_tile_cols<float>() && kNR<double> == gemm_micro_tile_cols<double>(),
+              "gemm.h tells callers the micro-tile width");
 // KC trades the C traffic (every C tile is read and written once per KC step of
 // the reduction) against cache fit: a kc x NR strip of packed B (256 x 48 floats
 // = 48 KiB) fills the 48 KiB L1 while the MR-tall strips of the MC x KC block of
