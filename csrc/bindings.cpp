@@ -16,6 +16,7 @@
 #include "convx/conv2d.h"
 #include "convx/cpu_info.h"
 #include "convx/fp32_peak.h"
+#include "convx/workspace.h"
 #include "convx/gemm.h"
 #include "convx/im2col.h"
 #include "convx/max_pool2d.h"
@@ -494,6 +495,12 @@ PYBIND11_MODULE(_C, m) {
     if (n <= 0) throw std::invalid_argument("threads must be positive, got " + std::to_string(n));
     omp_set_num_threads(n);
   }, py::arg("threads"), "Threads later convx kernels started from the calling thread use (omp_set_num_threads).");
+  m.def("workspace_bytes_held", &workspace_bytes_held,
+        "Bytes of scratch memory the CPU kernels keep between calls, over all threads.");
+  m.def("release_workspace", []() {
+    py::gil_scoped_release release;
+    workspace_release();
+  }, "Free the kept scratch buffers of the calling thread and of its OpenMP team.");
   m.attr("__version__") = CONVX_VERSION;
   m.attr("build_type") = CONVX_BUILD_TYPE;
 

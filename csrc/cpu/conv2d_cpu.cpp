@@ -16,6 +16,7 @@
 
 #include "convx/gemm.h"
 #include "convx/im2col.h"
+#include "convx/workspace.h"
 
 namespace convx {
 namespace {
@@ -292,15 +293,6 @@ constexpr double kColumnBlockBytes = 2.0 * 1024 * 1024;
 // 25 x 9 and 20 x 25 win; 50 x 225 and a 7x7 stem's 64 x 147 lose by 10-20%.
 constexpr int64_t kDotProductMaxOutputs = 1024;
 
-// A buffer every element of which is written before it is read: unlike
-// std::vector, it does not spend a pass zeroing itself.
-template <typename T>
-struct Workspace {
-  std::unique_ptr<T[]> buffer;
-  explicit Workspace(int64_t n) : buffer(new T[n > 0 ? n : 1]) {}
-  T* data() { return buffer.get(); }
-};
-
 // A block of columns [q0, q0 + count): either part of one image or whole images.
 struct ColumnBlock {
   int64_t n0, l0, count;
@@ -381,13 +373,13 @@ void run_blocks(const ColumnBlocks& blocks, int64_t groups, int64_t col_size, in
   if (share_blocks_between_threads(jobs, blocks.whole_images)) {
 #pragma omp parallel
     {
-      Workspace<T> col(col_size), aux(aux_size);
+      Scratch<T> col(WorkspaceSlot::Input, col_size), aux(WorkspaceSlot::Aux, aux_size);
 #pragma omp for schedule(static)
       for (int64_t job = 0; job < jobs; ++job) run(job / nb, blocks.list[job % nb], col.data(), aux.data());
     }
     return;
   }
-  Workspace<T> col(col_size), aux(aux_size);
+  Scratch<T> col(WorkspaceSlot::Input, col_size), aux(WorkspaceSlot::Aux, aux_size);
   for (int64_t job = 0; job < jobs; ++job) run(job / nb, blocks.list[job % nb], col.data(), aux.data());
 }
 
@@ -518,17 +510,17 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   const bool grouped = blocks.whole_images && partials >= 2 &&
                        double(partials) * double(Kg * CRS) * sizeof(T) <= 4.0 * 1024 * 1024;
   if (!grouped) {
-    Workspace<T> col(CRS * widest), gy_block(blocks.whole_images ? Kg * widest : 0);
+    Scratch<T> col(WorkspaceSlot::Input, CRS * widest), gy_block(WorkspaceSlot::Aux, blocks.whole_images ? Kg * widest : 0);
     for (int64_t g = 0; g < p.groups; ++g)
       for (int64_t i = 0; i < nb; ++i)
         add_block(g, blocks.list[i], i == 0, grad_weight + g * Kg * CRS, col.data(), gy_block.data());
     return;
   }
-  Workspace<T> partial(partials * Kg * CRS);
+  Scratch<T> partial(WorkspaceSlot::Output, partials * Kg * CRS);
   for (int64_t g = 0; g < p.groups; ++g) {
 #pragma omp parallel if (omp_get_max_threads() > 1 && !omp_in_parallel())
     {
-      Workspace<T> col(CRS * widest), gy_block(Kg * widest);
+      Scratch<T> col(WorkspaceSlot::Input, CRS * widest), gy_block(WorkspaceSlot::Aux, Kg * widest);
 #pragma omp for schedule(static)
       for (int64_t part = 0; part < partials; ++part)
         for (int64_t i = part * nb / partials; i < (part + 1) * nb / partials; ++i)

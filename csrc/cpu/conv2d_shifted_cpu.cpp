@@ -31,6 +31,7 @@
 
 #include "convx/conv2d.h"
 #include "convx/gemm.h"
+#include "convx/workspace.h"
 
 namespace convx {
 namespace {
@@ -119,12 +120,6 @@ bool fill_planes(const Conv2dParams& p, const ShiftedGeometry& g, const T* image
   return finite_probe == T(0);
 }
 
-template <typename T>
-struct Buffer {
-  std::vector<T> data;
-  explicit Buffer(int64_t n) : data(std::max<int64_t>(n, 1)) {}
-};
-
 // Threads take whole (image, group) jobs when there are enough of them: each GEMM
 // then runs on its thread alone, and every output element is computed exactly as
 // on one thread.
@@ -140,7 +135,7 @@ void forward_shifted(const Conv2dParams& p, const T* input, const T* weight, con
   const ShiftedGeometry g = shifted_geometry(p);
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t a_size = gemm_packed_a_size<T>(Kg, CRS);
-  std::vector<T> a_packed(p.groups * a_size);
+  Scratch<T> a_packed(WorkspaceSlot::Filters, p.groups * a_size);
   for (int64_t gr = 0; gr < p.groups; ++gr) gemm_pack_a<T>(Kg, CRS, weight + gr * Kg * CRS, CRS, a_packed.data() + gr * a_size);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
   const int64_t planes_size = Cg * g.phases * g.plane, wide_size = Kg * g.wide;
@@ -163,16 +158,16 @@ void forward_shifted(const Conv2dParams& p, const T* input, const T* weight, con
   if (share_jobs_between_threads(jobs)) {
 #pragma omp parallel
     {
-      Buffer<T> planes(planes_size), wide(wide_size);
+      Scratch<T> planes(WorkspaceSlot::Input, planes_size), wide(WorkspaceSlot::Output, wide_size);
       std::vector<const T*> rows(CRS);
 #pragma omp for schedule(static)
-      for (int64_t job = 0; job < jobs; ++job) run(job, planes.data.data(), wide.data.data(), rows.data());
+      for (int64_t job = 0; job < jobs; ++job) run(job, planes.data(), wide.data(), rows.data());
     }
     return;
   }
-  Buffer<T> planes(planes_size), wide(wide_size);
+  Scratch<T> planes(WorkspaceSlot::Input, planes_size), wide(WorkspaceSlot::Output, wide_size);
   std::vector<const T*> rows(CRS);
-  for (int64_t job = 0; job < jobs; ++job) run(job, planes.data.data(), wide.data.data(), rows.data());
+  for (int64_t job = 0; job < jobs; ++job) run(job, planes.data(), wide.data(), rows.data());
 }
 
 // The layer whose forward pass is this layer's backward-data pass (stride 1):
@@ -227,13 +222,14 @@ void conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_outpu
   // by the filters W'[c, k, r', s'] = W[k, c, R-1-r', S-1-s'] (per group).
   const Conv2dParams q = backward_data_as_forward(p);
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S;
-  std::vector<T> flipped(p.C * Kg * RS);
+  Scratch<T> flipped_buffer(WorkspaceSlot::FiltersAux, p.C * Kg * RS);
+  T* const flipped = flipped_buffer.data();
   for (int64_t gr = 0; gr < p.groups; ++gr)
     for (int64_t k = 0; k < Kg; ++k)
       for (int64_t c = 0; c < Cg; ++c)
         for (int64_t t = 0; t < RS; ++t)
           flipped[((gr * Cg + c) * Kg + k) * RS + (RS - 1 - t)] = weight[((gr * Kg + k) * Cg + c) * RS + t];
-  forward_shifted(q, grad_output, flipped.data(), static_cast<const T*>(nullptr), grad_input);
+  forward_shifted(q, grad_output, static_cast<const T*>(flipped), static_cast<const T*>(nullptr), grad_input);
 }
 
 template <typename T>
@@ -252,19 +248,20 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
   const double image_bytes = double((Cg * g.phases + Kg) * g.plane) * sizeof(T);
   const int64_t images = std::clamp<int64_t>(int64_t(kChunkBytes / image_bytes), 1, p.N);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, images);
-  Buffer<T> planes(Cg * g.phases * images * g.plane), dy_wide(Kg * images * g.plane);
+  Scratch<T> planes(WorkspaceSlot::Input, Cg * g.phases * images * g.plane),
+      dy_wide(WorkspaceSlot::Output, Kg * images * g.plane);
   std::vector<const T*> a_rows(Kg), b_rows(CRS);
-  for (int64_t k = 0; k < Kg; ++k) a_rows[k] = dy_wide.data.data() + k * images * g.plane;
-  for (int64_t e = 0; e < CRS; ++e) b_rows[e] = planes.data.data() + shift[e];
+  for (int64_t k = 0; k < Kg; ++k) a_rows[k] = dy_wide.data() + k * images * g.plane;
+  for (int64_t e = 0; e < CRS; ++e) b_rows[e] = planes.data() + shift[e];
   for (int64_t gr = 0; gr < p.groups; ++gr)
     for (int64_t n0 = 0; n0 < p.N; n0 += images) {
       const int64_t count = std::min(images, p.N - n0);
       bool finite = true;
       for (int64_t j = 0; j < count; ++j) {
         const int64_t n = n0 + j;
-        finite &= fill_planes(p, g, input + (n * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data.data());
+        finite &= fill_planes(p, g, input + (n * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data());
         for (int64_t k = 0; k < Kg; ++k) {
-          T* dst = dy_wide.data.data() + (k * images + j) * g.plane;
+          T* dst = dy_wide.data() + (k * images + j) * g.plane;
           const T* src = grad_output + (n * p.K + gr * Kg + k) * g.OH * g.OW;
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dst + oh * g.Wq);

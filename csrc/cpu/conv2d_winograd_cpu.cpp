@@ -43,6 +43,7 @@
 
 #include "convx/conv2d.h"
 #include "convx/gemm.h"
+#include "convx/workspace.h"
 #include "convx/simd.h"
 
 namespace convx {
@@ -114,11 +115,14 @@ void transform_filters(const T* weight, int64_t out_channels, int64_t in_channel
 
 // The 36 transformed filter matrices, each packed for the GEMM's A operand.
 template <typename F, typename T>
-std::unique_ptr<T[]> transformed_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate) {
-  std::unique_ptr<T[]> packed(new T[F::kXi * gemm_packed_a_size<T>(out_channels, in_channels)]);
-  transform_filters<F>(weight, out_channels, in_channels, rotate, packed.get());
-  return packed;
-}
+struct TransformedFilters {
+  Scratch<T> packed;
+  TransformedFilters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate)
+      : packed(WorkspaceSlot::Filters, F::kXi * gemm_packed_a_size<T>(out_channels, in_channels)) {
+    transform_filters<F>(weight, out_channels, in_channels, rotate, packed.data());
+  }
+  const T* get() const { return packed.data(); }
+};
 
 // Each tile size as a policy: the edge of a tile and of its patch, G, and the two
 // 1-D transforms applied to rows of n tiles at once. input_rows: y[0..P-1][t] =
@@ -314,7 +318,8 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
   // so the 36 products read it without another copy.
   const int64_t a_size = gemm_packed_a_size<T>(K, C);
   // Uninitialized (new T[], not std::vector): every element is written before it is read.
-  std::unique_ptr<T[]> V(new T[kXi * gemm_packed_b_size<T>(C, max_tiles)]), M(new T[kXi * K * max_tiles]);
+  Scratch<T> V(WorkspaceSlot::Input, kXi * gemm_packed_b_size<T>(C, max_tiles)),
+      M(WorkspaceSlot::Output, kXi * K * max_tiles);
   const bool parallel = double(C + K) * double(max_tiles) > 16384.0;
 
   for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
@@ -327,15 +332,15 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
     // straight into the GEMM's packed-B layout.
 #pragma omp parallel if (parallel)
     {
-      std::unique_ptr<T[]> d(new T[kXi * tiles]), e(new T[kXi * tiles]);
+      Scratch<T> d(WorkspaceSlot::Patches, kXi * tiles), e(WorkspaceSlot::PatchesAux, kXi * tiles);
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) {
         const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
         input_tiles<F>(input + c * sh.H * sh.W, C * sh.H * sh.W, sh.H, sh.W, sh.pad_top, sh.pad_left, row0, rows,
-                       th, tw, d.get(), e.get(), V.get() + row.base, b_size, row.nr, row.strip_stride);
+                       th, tw, d.data(), e.data(), V.data() + row.base, b_size, row.nr, row.strip_stride);
         if (padded_tiles > tiles)  // the padding columns of the last strip must read as zero
           for (int64_t xi = 0; xi < kXi; ++xi) {
-            T* pad = V.get() + xi * b_size + row.at(tiles);
+            T* pad = V.data() + xi * b_size + row.at(tiles);
             std::fill(pad, pad + (padded_tiles - tiles), T(0));
           }
       }
@@ -348,7 +353,7 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
     // depend on the thread count.
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t xi = 0; xi < kXi; ++xi)
-      gemm_packed_cpu<T>(K, tiles, C, U_packed + xi * a_size, V.get() + xi * b_size, M.get() + xi * K * tiles,
+      gemm_packed_cpu<T>(K, tiles, C, U_packed + xi * a_size, V.data() + xi * b_size, M.data() + xi * K * tiles,
                          tiles);
 
     // Output transform, one filter at a time across all tiles of the block:
@@ -357,11 +362,11 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
     // the bias.
 #pragma omp parallel if (parallel)
     {
-      std::unique_ptr<T[]> f(new T[kPatch * kTile * tiles]), y(new T[kTile * kTile * tiles]);
+      Scratch<T> f(WorkspaceSlot::Patches, kPatch * kTile * tiles), y(WorkspaceSlot::PatchesAux, kTile * kTile * tiles);
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < K; ++k)
-        output_tiles<F>(M.get() + k * tiles, K * tiles, bias ? bias[k] : T(0), output + k * sh.OH * sh.OW,
-                        K * sh.OH * sh.OW, sh.OH, sh.OW, row0, rows, th, tw, f.get(), y.get());
+        output_tiles<F>(M.data() + k * tiles, K * tiles, bias ? bias[k] : T(0), output + k * sh.OH * sh.OW,
+                        K * sh.OH * sh.OW, sh.OH, sh.OW, row0, rows, th, tw, f.data(), y.data());
     }
   }
 }
@@ -379,10 +384,10 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
   if (p.N == 0) return;
   const WinogradShape sh{p.N, p.C, p.H, p.W, p.K, p.out_h(), p.out_w(), p.pad_top, p.pad_left};
   if (tile == 4)
-    winograd_conv<WinogradF4>(sh, input, transformed_filters<WinogradF4>(weight, p.K, p.C, false).get(), bias,
+    winograd_conv<WinogradF4>(sh, input, TransformedFilters<WinogradF4, T>(weight, p.K, p.C, false).get(), bias,
                               output);
   else
-    winograd_conv<WinogradF2>(sh, input, transformed_filters<WinogradF2>(weight, p.K, p.C, false).get(), bias,
+    winograd_conv<WinogradF2>(sh, input, TransformedFilters<WinogradF2, T>(weight, p.K, p.C, false).get(), bias,
                               output);
 }
 
@@ -397,10 +402,10 @@ void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_outp
   const WinogradShape sh{p.N, p.K, p.out_h(), p.out_w(), p.C, p.H, p.W, 2 - p.pad_top, 2 - p.pad_left};
   const T* no_bias = nullptr;
   if (tile == 4)
-    winograd_conv<WinogradF4>(sh, grad_output, transformed_filters<WinogradF4>(weight, p.C, p.K, true).get(),
+    winograd_conv<WinogradF4>(sh, grad_output, TransformedFilters<WinogradF4, T>(weight, p.C, p.K, true).get(),
                               no_bias, grad_input);
   else
-    winograd_conv<WinogradF2>(sh, grad_output, transformed_filters<WinogradF2>(weight, p.C, p.K, true).get(),
+    winograd_conv<WinogradF2>(sh, grad_output, TransformedFilters<WinogradF2, T>(weight, p.C, p.K, true).get(),
                               no_bias, grad_input);
 }
 
@@ -486,7 +491,8 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
   const int64_t rows_per_block =
       std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(kBlockBytes / bytes_per_tile) / tw));
   const int64_t max_tiles = rows_per_block * tw;
-  std::unique_ptr<T[]> X(new T[kXi * C * max_tiles]), Y(new T[kXi * K * max_tiles]), P(new T[kXi * K * C]);
+  Scratch<T> X(WorkspaceSlot::Input, kXi * C * max_tiles), Y(WorkspaceSlot::Output, kXi * K * max_tiles),
+      P(WorkspaceSlot::Aux, kXi * K * C);
   const bool parallel = double(C + K) * double(max_tiles) > 16384.0;
 
   for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
@@ -494,25 +500,25 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
     const int64_t tiles = rows * tw;
 #pragma omp parallel if (parallel)
     {
-      std::unique_ptr<T[]> d(new T[kXi * tiles]), e(new T[kXi * tiles]);
+      Scratch<T> d(WorkspaceSlot::Patches, kXi * tiles), e(WorkspaceSlot::PatchesAux, kXi * tiles);
       // Input patches: X[xi][c][t] = (B^T x B)[xi], the forward's input transform.
 #pragma omp for schedule(static) nowait
       for (int64_t c = 0; c < C; ++c) {
         input_tiles<F>(input + c * p.H * p.W, C * p.H * p.W, p.H, p.W, p.pad_top, p.pad_left, row0, rows, th, tw,
-                       d.get(), e.get(), X.get() + c * tiles, C * tiles, tiles, 0);
+                       d.data(), e.data(), X.data() + c * tiles, C * tiles, tiles, 0);
       }
       // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi], (A y)_u = y0, y0 + y1, y0 - y1, -y1.
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < K; ++k)
-        grad_output_tiles(grad_output + k * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw, d.get(), e.get(),
-                          Y.get() + k * tiles, K * tiles);
+        grad_output_tiles(grad_output + k * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw, d.data(), e.data(),
+                          Y.data() + k * tiles, K * tiles);
     }
     // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
     // Threads take whole products, as in the forward.
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t xi = 0; xi < kXi; ++xi)
-      gemm_cpu<T>(false, true, K, C, tiles, Y.get() + xi * K * tiles, tiles, X.get() + xi * C * tiles, tiles,
-                  row0 == 0 ? T(0) : T(1), P.get() + xi * K * C, C);
+      gemm_cpu<T>(false, true, K, C, tiles, Y.data() + xi * K * tiles, tiles, X.data() + xi * C * tiles, tiles,
+                  row0 == 0 ? T(0) : T(1), P.data() + xi * K * C, C);
   }
 
   // dW[k][c] = G^T P[.][k][c] G
@@ -523,7 +529,7 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
     for (int64_t u = 0; u < kPatch; ++u)
       for (int s = 0; s < 3; ++s) {
         T acc = 0;
-        for (int64_t v = 0; v < kPatch; ++v) acc += P[(u * kPatch + v) * filters + kc] * T(F::G[v][s]);
+        for (int64_t v = 0; v < kPatch; ++v) acc += P.data()[(u * kPatch + v) * filters + kc] * T(F::G[v][s]);
         q[u][s] = acc;
       }
     for (int r = 0; r < 3; ++r)

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "convx/simd.h"
+#include "convx/workspace.h"
 
 namespace convx {
 namespace {
@@ -66,17 +67,6 @@ static_assert(kNR<float> == gemm_micro_tile_cols<float>() && kNR<double> == gemm
 constexpr int64_t kKC = 256;
 constexpr int64_t kMC = 192;
 constexpr int64_t kNC = 4080;  // a multiple of NR for float (48) and double (24)
-
-struct AlignedFree {
-  void operator()(void* p) const { std::free(p); }
-};
-template <typename T>
-std::unique_ptr<T, AlignedFree> aligned_buffer(int64_t count) {
-  size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
-  if (!p) throw std::bad_alloc();
-  return std::unique_ptr<T, AlignedFree>(static_cast<T*>(p));
-}
 
 // Where the micro-kernel finds row p of a B strip: the NV vectors at at(p).
 // Packed: rows kNV vectors apart in one contiguous strip. Rows: B read in place
@@ -332,8 +322,7 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
   const int64_t nc_max = std::min(kNC, (N + NR - 1) / NR * NR);
   const int64_t kc_max = std::min(kKC, K);
   const int64_t mc_max = std::min(kMC, (M + kMR - 1) / kMR * kMR);
-  auto b_packed = aligned_buffer<T>(nc_max * kc_max);
-  auto a_packed = aligned_buffer<T>(mc_max * kc_max);
+  Scratch<T> b_packed(WorkspaceSlot::GemmB, nc_max * kc_max), a_packed(WorkspaceSlot::GemmA, mc_max * kc_max);
 
   for (int64_t jc = 0; jc < N; jc += kNC) {
     const int64_t nc = std::min(kNC, N - jc);
@@ -341,8 +330,8 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
     for (int64_t pc = 0; pc < K; pc += kKC) {
       const int64_t kc = std::min(kKC, K - pc);
       const bool accumulate = pc > 0 || beta != T(0);
-      T* bp = b_packed.get();
-      T* ap = a_packed.get();
+      T* bp = b_packed.data();
+      T* ap = a_packed.data();
       // Small products are not worth waking the thread team.
       const bool parallel = static_cast<double>(M) * nc * kc > 1048576.0;
 #pragma omp parallel if ((parallel) && !omp_in_parallel())
@@ -544,7 +533,9 @@ void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, 
   }
   const int64_t K_vec = K / L * L;  // the tail (K % L terms) is added in scalar, in order
   const int64_t mb = (M + BM - 1) / BM, nb = (N + BN - 1) / BN, blocks = mb * nb;
-  std::vector<T> acc(blocks * BM * BN * L, T(0));
+  Scratch<T> acc_buffer(WorkspaceSlot::GemmAcc, blocks * BM * BN * L);
+  T* const acc = acc_buffer.data();
+  std::fill(acc, acc + blocks * BM * BN * L, T(0));
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
 #pragma omp parallel if ((parallel) && !omp_in_parallel())
   for (int64_t k0 = 0; k0 < K_vec; k0 += kChunk) {
@@ -557,7 +548,7 @@ void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, 
       const T* b_rows[BN];
       for (int64_t m = 0; m < BM; ++m) a_rows[m] = A_rows[std::min(m0 + m, M - 1)];
       for (int64_t n = 0; n < BN; ++n) b_rows[n] = B_rows[std::min(n0 + n, N - 1)];
-      dot_block<T, BM, BN>(k0, k1, a_rows, b_rows, acc.data() + blk * BM * BN * L);
+      dot_block<T, BM, BN>(k0, k1, a_rows, b_rows, acc + blk * BM * BN * L);
     }
   }
 #pragma omp parallel for schedule(static) if ((parallel) && !omp_in_parallel())
@@ -565,7 +556,7 @@ void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, 
     const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
     for (int64_t m = 0; m < std::min(BM, M - m0); ++m)
       for (int64_t n = 0; n < std::min(BN, N - n0); ++n) {
-        const T* lanes = acc.data() + (blk * BM * BN + m * BN + n) * L;
+        const T* lanes = acc + (blk * BM * BN + m * BN + n) * L;
         T sum = 0;
         for (int64_t l = 0; l < L; ++l) sum += lanes[l];
         for (int64_t k = K_vec; k < K; ++k) sum += A_rows[m0 + m][k] * B_rows[n0 + n][k];

@@ -34,6 +34,20 @@ def set_num_threads(threads: int) -> None:
     _C.set_num_threads(threads)
 
 
+def workspace_bytes() -> int:
+    """Bytes of scratch memory convx's CPU kernels keep between calls (all threads).
+
+    Each thread keeps its largest recent buffers (packed GEMM blocks, Winograd
+    tiles, padded images; none above 64 MB) so the next call does not page-fault
+    fresh memory in again; release_workspace() gives them back."""
+    return _C.workspace_bytes_held()
+
+
+def release_workspace() -> None:
+    """Free the scratch buffers kept by the calling thread and its OpenMP team."""
+    _C.release_workspace()
+
+
 def __getattr__(name):
     # convx.nn needs torch; import it lazily so numpy-only users can import convx.
     if name == "nn":
@@ -44,4 +58,4 @@ def __getattr__(name):
 
 __all__ = ["functional", "nn", "record_algos", "set_benchmark", "benchmark_enabled", "benchmark_cache",
            "clear_benchmark_cache", "has_cuda", "build_type", "simd_level", "get_num_threads",
-           "set_num_threads", "__version__"]
+           "set_num_threads", "workspace_bytes", "release_workspace", "__version__"]

@@ -8,7 +8,9 @@ growing, hiding the call's needs), reset the high-water mark (writing "5" to
 read VmHWM. The difference counts everything the call touches for the first time:
 its outputs, workspaces, saved activations, and any cache a library grows. Memory
 a library keeps cached from earlier calls (a warmed-up primitive cache) is not
-counted again, so the number is the steady-state cost of one more call.
+counted again, so the number is the steady-state cost of one more call. convx's
+own kept scratch buffers (convx.workspace_bytes) are the exception: the suite
+releases them before measuring convx's call, so its workspace is always counted.
 """
 from __future__ import annotations
 

@@ -142,6 +142,9 @@ def run_case(case: Case, threads: int, plan: TimingPlan, peak_flops: Optional[fl
         _set_peak_fractions(row, peak_flops)
         if measure_memory:
             work.reset()
+            # convx keeps its scratch buffers between calls; give them back first so
+            # the call allocates them again and they count in its peak.
+            convx.release_workspace()
             cx = memory.peak_extra_bytes(work.run_convx)
             work.reset()
             th = memory.peak_extra_bytes(work.run_torch)
