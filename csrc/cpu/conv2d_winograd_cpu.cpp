@@ -419,29 +419,46 @@ CONVX_SIMD_CLONES void grad_output_tiles(const T* plane0, int64_t image_stride, 
                                          int64_t rows, int64_t th, int64_t tw, T* y, T* a, T* out,
                                          int64_t out_stride) {
   constexpr int64_t kTile = WinogradF2::kTile, kPatch = WinogradF2::kPatch;
+  static_assert(kTile == 2, "the gather below splits rows into even and odd columns");
   const int64_t tiles = rows * tw;
   for (int64_t rb = 0; rb < rows; ++rb) {
     const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
     const T* plane = plane0 + n * image_stride;
     for (int64_t i = 0; i < kTile; ++i) {
       const int64_t oh = tr * kTile + i;
-      for (int64_t j = 0; j < kTile; ++j) {
-        T* dst = y + (i * kTile + j) * tiles + rb * tw;
-        for (int64_t tc = 0; tc < tw; ++tc) {
-          const int64_t ow = tc * kTile + j;
-          dst[tc] = (oh < OH && ow < OW) ? plane[oh * OW + ow] : T(0);
-        }
+      T* __restrict even = y + (i * kTile + 0) * tiles + rb * tw;  // column 2 tc of each tile
+      T* __restrict odd = y + (i * kTile + 1) * tiles + rb * tw;   // column 2 tc + 1
+      if (oh >= OH) {
+        std::fill(even, even + tw, T(0));
+        std::fill(odd, odd + tw, T(0));
+        continue;
+      }
+      // Tiles whose two columns both exist split the row into even and odd columns
+      // with no bounds tests (a loop the compiler vectorizes); the tile past the
+      // right edge, if any, is zero-padded. A per-element bounds test here cost a
+      // quarter of the weight gradient's time on 64 channels at 56x56.
+      const T* __restrict row = plane + oh * OW;
+      const int64_t whole = std::min(tw, OW / kTile);
+      for (int64_t tc = 0; tc < whole; ++tc) {
+        even[tc] = row[2 * tc];
+        odd[tc] = row[2 * tc + 1];
+      }
+      for (int64_t tc = whole; tc < tw; ++tc) {
+        even[tc] = 2 * tc < OW ? row[2 * tc] : T(0);
+        odd[tc] = 2 * tc + 1 < OW ? row[2 * tc + 1] : T(0);
       }
     }
   }
-  // over i: a[u][j] = (A y[., j])_u
+  // over i: a[u][j] = (A y[., j])_u. __restrict here and below: without it the
+  // compiler cannot rule out that the rows overlap and leaves both passes scalar
+  // (they were a fifth of the weight gradient's time).
   for (int64_t j = 0; j < kTile; ++j) {
-    const T* y0 = y + j * tiles;
-    const T* y1 = y + (kTile + j) * tiles;
-    T* a0 = a + (0 * kTile + j) * tiles;
-    T* a1 = a + (1 * kTile + j) * tiles;
-    T* a2 = a + (2 * kTile + j) * tiles;
-    T* a3 = a + (3 * kTile + j) * tiles;
+    const T* __restrict y0 = y + j * tiles;
+    const T* __restrict y1 = y + (kTile + j) * tiles;
+    T* __restrict a0 = a + (0 * kTile + j) * tiles;
+    T* __restrict a1 = a + (1 * kTile + j) * tiles;
+    T* __restrict a2 = a + (2 * kTile + j) * tiles;
+    T* __restrict a3 = a + (3 * kTile + j) * tiles;
     for (int64_t t = 0; t < tiles; ++t) {
       a0[t] = y0[t];
       a1[t] = y0[t] + y1[t];
@@ -451,14 +468,17 @@ CONVX_SIMD_CLONES void grad_output_tiles(const T* plane0, int64_t image_stride, 
   }
   // over j: out[u][v] = (A a[u, .])_v
   for (int64_t u = 0; u < kPatch; ++u) {
-    const T* b0 = a + (u * kTile + 0) * tiles;
-    const T* b1 = a + (u * kTile + 1) * tiles;
-    T* o = out + (u * kPatch) * out_stride;
+    const T* __restrict b0 = a + (u * kTile + 0) * tiles;
+    const T* __restrict b1 = a + (u * kTile + 1) * tiles;
+    T* __restrict o0 = out + (u * kPatch) * out_stride;
+    T* __restrict o1 = o0 + out_stride;
+    T* __restrict o2 = o1 + out_stride;
+    T* __restrict o3 = o2 + out_stride;
     for (int64_t t = 0; t < tiles; ++t) {
-      o[t] = b0[t];
-      o[out_stride + t] = b0[t] + b1[t];
-      o[2 * out_stride + t] = b0[t] - b1[t];
-      o[3 * out_stride + t] = -b1[t];
+      o0[t] = b0[t];
+      o1[t] = b0[t] + b1[t];
+      o2[t] = b0[t] - b1[t];
+      o3[t] = -b1[t];
     }
   }
 }
