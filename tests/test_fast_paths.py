@@ -304,12 +304,14 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     for g, ref in zip(got, want):
         if g is not None:
             np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(ref).max()))
-    if stride == (1, 1) and max(pads[:2]) <= (R - 1) * dilation[0] and max(pads[2:]) <= (S - 1) * dilation[1]:
-        assert got[1] is not None  # stride 1, padding within the filter's reach: backward-data runs
+    # the three directions apply to the same layers
+    assert (got[0] is None) == (got[1] is None) == (got[2] is None)
 
 
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
     (3, 40, 90, 90, 8, 3, 1, 1),   # 2+ MB per image: one image per chunk, three chunks summed
+    (3, 64, 30, 30, 16, 3, 1, 1),  # 64 channels: backward-data as the flipped forward, not the scatter
+    (5, 8, 60, 60, 8, 3, 2, 1),    # scatter backward-data of a strided layer, several chunks
     (2, 64, 12, 12, 32, 3, 1, 1),  # 32 x 576 gradient entries: the packed GEMM, not dot products
     (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
     (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded
@@ -320,15 +322,29 @@ def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, p
     args = (rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, R, R)), rng.standard_normal(K),
             rng.standard_normal((N, K, p.out_h(), p.out_w())))
     for got, want in zip(_three_directions(p, "shifted", *args), _three_directions(p, "direct", *args)):
-        assert got is not None or stride > 1
-        if got is not None:
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
 
 
 def test_shifted_refuses_padding_that_dominates_the_image():
     p = _shifted_params(1, 1, 2, 2, 1, 1, 1, (1, 1), (40, 40, 40, 40), (1, 1), 1)
     with pytest.raises(ValueError, match=r"algo='shifted' needs padding .* got input 2x2, kernel 1x1"):
         _C.conv2d_forward(p, np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1)), None, np.empty((1, 1, 82, 82)), "shifted")
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_shifted_scatter_backward_data_falls_back_on_non_finite_weight(value):
+    # The scatter adds the dropped columns' products (W^T times zeros) into
+    # neighbouring pixels: with an inf in W those would be NaN.
+    p = _shifted_params(2, 3, 8, 9, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((4, 3, 3, 3))
+    w[2, 1, 0, 2] = value
+    gy = rng.standard_normal((2, 4, 6, 7))
+    got, want = np.empty((2, 3, 8, 9)), np.empty((2, 3, 8, 9))
+    assert _C.conv2d_backward_data(p, gy, w, got, "shifted") == "im2col"
+    _C.conv2d_backward_data(p, gy, w, want, "direct")
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+    assert np.isfinite(got[:, 0]).all() and not np.isfinite(got[:, 1]).all()
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])

@@ -81,13 +81,19 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
 // ---- shifted-plane implicit GEMM: im2col's GEMM with B read in place from shifted
 // views of a padded copy of the image (see conv2d_shifted_cpu.cpp) ----------------
 // It applies while the padding does not dominate the padded image and the stride
-// is at most the filter's reach; backward-data also needs stride 1 and padding no
-// wider than (R-1)*dilation.
+// is at most the filter's reach.
 bool conv2d_shifted_applies(const Conv2dParams& p, Conv2dDirection direction);
 template <typename T>
 void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output);
+// Backward-data has two forms: the forward of the flipped filters (stride 1, pads
+// within the filter's reach, 64+ input channels per group: its GEMM has C rows),
+// else a scatter of W^T dY (any stride: its GEMM has C*R*S rows).
+bool conv2d_shifted_backward_data_flips(const Conv2dParams& p);
+// Returns false, having written nothing meaningful, when it would have to take the
+// scatter form with a weight that is not finite (see conv2d_shifted_cpu.cpp); the
+// caller then uses im2col.
 template <typename T>
-void conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input);
+bool conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input);
 // Returns false, having written nothing meaningful, when the input holds a value
 // that is not finite: this form multiplies some pixels by zeros, and 0 * inf would
 // put a NaN where the true gradient has none. The caller then uses im2col.

@@ -92,10 +92,12 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // one core against im2col (speed vs torch, shifted / im2col):
   //  - forward: ahead on every layer of the suite, most where the copy dominates
   //    (few channels, big filters: LeNet 1.2-1.35x / 0.8x, 7x7 stem 2.1x / 1.3x);
-  //  - backward data (the forward of the flipped filters, stride 1 only): ahead
-  //    when the flipped layer has 64+ outputs (64 channels at 56x56: 1.03x / 0.78x);
-  //    behind with few input channels, where its GEMM is a handful of rows thin
-  //    (LeNet's first layer: 1.8x / 5.9x);
+  //  - backward data: as the forward of the flipped filters, ahead when they have
+  //    64+ outputs (64 channels at 56x56: 1.01x / 0.76x); as a scatter of W^T dY,
+  //    ahead with up to 64 filters (digits layers 4.6x / 3.3x and 1.17x / 0.90x,
+  //    LeNet 6.8x / 6.3x and 1.11x / 1.00x, stem 3.5x / 3.1x), behind with more,
+  //    where its wider GEMM costs more than col2im saves (48 -> 192 5x5 on 19x19:
+  //    0.59x / 0.85x);
   //  - weight gradient: ahead while the gradient is small enough to run as dot
   //    products (<= 16384 entries: stem 0.88x / 0.59x, digits layers 1.6x / 1.3x),
   //    behind beyond, where its packing transposes (512 channels on 7x7: 0.55x / 0.94x).
@@ -107,7 +109,8 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   switch (direction) {
     case Conv2dDirection::Forward: return Conv2dAlgo::Shifted;
     case Conv2dDirection::BackwardData:
-      return p.channels_per_group() >= 64 ? Conv2dAlgo::Shifted : Conv2dAlgo::Im2col;
+      return conv2d_shifted_backward_data_flips(p) || p.filters_per_group() <= 64 ? Conv2dAlgo::Shifted
+                                                                                   : Conv2dAlgo::Im2col;
     case Conv2dDirection::BackwardWeight:
       return p.filters_per_group() * p.channels_per_group() * p.R * p.S <= 16384 ? Conv2dAlgo::Shifted
                                                                                  : Conv2dAlgo::Im2col;
@@ -128,14 +131,11 @@ void require_winograd(const Conv2dParams& p, Conv2dAlgo algo) {
         std::to_string(p.dilation_w) + "), groups=" + std::to_string(p.groups));
 }
 
-void require_shifted(const Conv2dParams& p, Conv2dDirection direction) {
+void require_shifted(const Conv2dParams& p, Conv2dDirection direction) {  // same rule for every direction
   if (!conv2d_shifted_applies(p, direction))
     throw std::invalid_argument(
         std::string("algo='shifted' needs padding that does not dominate the image and a stride no wider than the "
                     "kernel's reach") +
-        (direction == Conv2dDirection::BackwardData
-             ? "; for the input gradient also stride 1 and padding at most (kernel_size - 1) * dilation"
-             : "") +
         ", got input " + std::to_string(p.H) + "x" + std::to_string(p.W) + ", kernel " + std::to_string(p.R) + "x" +
         std::to_string(p.S) + ", stride (" + std::to_string(p.stride_h) + ", " + std::to_string(p.stride_w) +
         "), padding (" + std::to_string(p.pad_top) + ", " + std::to_string(p.pad_bottom) + ", " +
@@ -563,9 +563,12 @@ Conv2dAlgo conv2d_backward_data_cpu(const Conv2dParams& p, const T* grad_output,
   if (algo == Conv2dAlgo::Shifted) require_shifted(p, Conv2dDirection::BackwardData);
   if (algo == Conv2dAlgo::Direct)
     conv2d_backward_data_direct_cpu(p, grad_output, weight, grad_input);
-  else if (algo == Conv2dAlgo::Shifted)
-    conv2d_backward_data_shifted_cpu(p, grad_output, weight, grad_input);
-  else if (is_winograd(algo))
+  else if (algo == Conv2dAlgo::Shifted && conv2d_backward_data_shifted_cpu(p, grad_output, weight, grad_input))
+    return algo;
+  else if (algo == Conv2dAlgo::Shifted) {  // a weight is not finite: see the shifted form
+    conv2d_backward_data_im2col_cpu(p, grad_output, weight, grad_input);
+    return Conv2dAlgo::Im2col;
+  } else if (is_winograd(algo))
     conv2d_backward_data_winograd_cpu(p, grad_output, weight, grad_input, winograd_tile(algo));
   else
     conv2d_backward_data_im2col_cpu(p, grad_output, weight, grad_input);

@@ -1,5 +1,5 @@
 // conv2d as a GEMM that reads its B operand in place from shifted views of the
-// image, with no im2col: forward, backward-data (stride 1) and backward-weight.
+// image, with no im2col: forward, backward-data and backward-weight.
 //
 // Pad the image and split it into stride_h x stride_w phase planes: plane (a, b)
 // holds the padded pixels (i*sh + a, j*sw + b), as an Hq x Wq row-major array.
@@ -18,8 +18,9 @@
 //
 //   forward          Y_wide (Kg x OH*Wq) = W (Kg x CRS) * B, B row (c,r,s) = plane + shift
 //   backward data    the forward of dY padded by (R-1)*d - pad with the filters
-//                    flipped and transposed (stride 1 only: a strided layer's
-//                    gradient is not a convolution of this form)
+//                    flipped and transposed (stride 1, 64+ input channels), or
+//                    the adjoint of the forward: col = W^T dY_wide, each row of
+//                    col added into its plane at shift(r, s) (any stride)
 //   backward weight  dW (Kg x CRS) = dY_wide * B^T: dot products along q, with dY
 //                    laid out wide and zero in the dropped columns, so those
 //                    columns add nothing
@@ -207,11 +208,10 @@ bool planes_are_sensible(const Conv2dParams& p) {
 }
 }  // namespace
 
-bool conv2d_shifted_applies(const Conv2dParams& p, Conv2dDirection direction) {
-  if (!planes_are_sensible(p)) return false;
-  if (direction != Conv2dDirection::BackwardData) return true;
-  // The gradient of a strided layer, or of one padded by more than its filter's
-  // reach, is not a stride-1 convolution with non-negative padding.
+bool conv2d_shifted_applies(const Conv2dParams& p, Conv2dDirection) { return planes_are_sensible(p); }
+
+bool conv2d_shifted_backward_data_flips(const Conv2dParams& p) {
+  if (p.channels_per_group() < 64) return false;
   const Conv2dParams q = backward_data_as_forward(p);
   return p.stride_h == 1 && p.stride_w == 1 && q.pad_top >= 0 && q.pad_bottom >= 0 && q.pad_left >= 0 &&
          q.pad_right >= 0 && planes_are_sensible(q);
@@ -223,12 +223,15 @@ void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* 
   forward_shifted(p, input, weight, bias, output);
 }
 
+namespace {
+
+// Backward-data as the forward of the flipped filters: dX[c, h, w] = sum over k, r, s
+// of W[k, c, r, s] * dY[k, h + pad - r*d, w + pad - s*d]; with r' = R-1-r this is a
+// forward convolution of dY, padded by (R-1)*d - pad, by the filters
+// W'[c, k, r', s'] = W[k, c, R-1-r', S-1-s'] (per group). Stride 1 only, and pads
+// within the filter's reach (else the flipped pads would be negative).
 template <typename T>
-void conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
-  if (p.N == 0) return;
-  // dX[c, h, w] = sum over k, r, s of W[k, c, r, s] * dY[k, h + pad - r*d, w + pad - s*d]:
-  // with r' = R-1-r this is a forward convolution of dY, padded by (R-1)*d - pad,
-  // by the filters W'[c, k, r', s'] = W[k, c, R-1-r', S-1-s'] (per group).
+void backward_data_flipped_forward(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
   const Conv2dParams q = backward_data_as_forward(p);
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S;
   Scratch<T> flipped_buffer(WorkspaceSlot::FiltersAux, p.C * Kg * RS);
@@ -239,6 +242,113 @@ void conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_outpu
         for (int64_t t = 0; t < RS; ++t)
           flipped[((gr * Cg + c) * Kg + k) * RS + (RS - 1 - t)] = weight[((gr * Kg + k) * Cg + c) * RS + t];
   forward_shifted(q, grad_output, static_cast<const T*>(flipped), static_cast<const T*>(nullptr), grad_input);
+}
+
+// Backward-data by scatter, any stride: the adjoint of the forward, column by
+// column. With dY laid out wide (zero in the dropped columns),
+//   col (CRS x OH*Wq per image) = W^T dY_wide      one GEMM per chunk of images
+//   plane(c, r, s) [shift(r, s) + q] += col[(c, r, s)][q]    for every q
+// (im2col's col2im, but each row added in one contiguous run: col2im adds rows of
+// OW values, 11 for the digits CNN's second layer, where it was half the time),
+// then dX is read out of the planes' interior. The dropped columns of col are
+// zero, so their adds, which land in a neighbouring pixel or plane, add nothing.
+// W^T is packed once; dY_wide is read in place by the GEMM.
+template <typename T>
+void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
+  const ShiftedGeometry g = shifted_geometry(p);
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
+  const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
+  const int64_t image_planes = Cg * g.phases * g.plane;
+  // Images per chunk: col, dY and planes near kChunkBytes, fixed by the shape.
+  constexpr double kChunkBytes = 4.0 * 1024 * 1024;
+  const double image_bytes = double(CRS * g.wide + Kg * g.wide + image_planes) * sizeof(T);
+  const int64_t images = std::clamp<int64_t>(int64_t(kChunkBytes / image_bytes), 1, p.N);
+  const int64_t cols = images * g.wide;  // the chunk's wide columns, image after image
+
+  const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
+  Scratch<T> a_packed(WorkspaceSlot::Filters, p.groups * a_size), transposed(WorkspaceSlot::FiltersAux, CRS * Kg);
+  for (int64_t gr = 0; gr < p.groups; ++gr) {
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t e = 0; e < CRS; ++e) transposed.data()[e * Kg + k] = weight[(gr * Kg + k) * CRS + e];
+    gemm_pack_a<T>(CRS, Kg, transposed.data(), Kg, a_packed.data() + gr * a_size);
+  }
+  // dY rows are read in whole vectors: 16 elements of slack after the last.
+  Scratch<T> dy_wide(WorkspaceSlot::Aux, Kg * cols + 16), col(WorkspaceSlot::Output, CRS * cols),
+      planes(WorkspaceSlot::Input, images * image_planes + g.slack);
+  std::fill(dy_wide.data() + Kg * cols, dy_wide.data() + Kg * cols + 16, T(0));
+  std::vector<const T*> dy_rows(Kg);
+  for (int64_t k = 0; k < Kg; ++k) dy_rows[k] = dy_wide.data() + k * cols;
+  const bool parallel = double(CRS) * double(cols) > 65536.0;
+
+  for (int64_t gr = 0; gr < p.groups; ++gr)
+    for (int64_t n0 = 0; n0 < p.N; n0 += images) {
+      const int64_t count = std::min(images, p.N - n0);
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t j = 0; j < images; ++j) {
+          T* dst = dy_wide.data() + k * cols + j * g.wide;
+          if (j >= count) {  // past the batch: zero columns
+            std::fill(dst, dst + g.wide, T(0));
+            continue;
+          }
+          const T* src = grad_output + ((n0 + j) * p.K + gr * Kg + k) * g.OH * g.OW;
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dst + oh * g.Wq);
+            std::fill(dst + oh * g.Wq + g.OW, dst + (oh + 1) * g.Wq, T(0));
+          }
+        }
+      gemm_packed_a_rows_b_cpu<T>(CRS, count * g.wide, Kg, a_packed.data() + gr * a_size, dy_rows.data(),
+                                  col.data(), cols);
+      // Images are independent: threads take whole images, each summing its taps
+      // in (c, r, s) order, so the result does not depend on the thread count.
+#pragma omp parallel for schedule(static) if (parallel && count > 1 && !omp_in_parallel())
+      for (int64_t j = 0; j < count; ++j) {
+        T* image = planes.data() + j * image_planes;
+        std::fill(image, image + image_planes + (j == images - 1 ? g.slack : 0), T(0));
+        for (int64_t e = 0; e < CRS; ++e) {
+          T* __restrict dst = image + shift[e];
+          const T* __restrict src = col.data() + e * cols + j * g.wide;
+          for (int64_t q = 0; q < g.wide; ++q) dst[q] += src[q];
+        }
+        for (int64_t c = 0; c < Cg; ++c) {
+          T* out = grad_input + ((n0 + j) * p.C + gr * Cg + c) * p.H * p.W;
+          for (int64_t h = 0; h < p.H; ++h) {
+            const int64_t i = h + p.pad_top, a = i % g.sh;
+            const T* row = image + (c * g.phases + a * g.sw) * g.plane + (i / g.sh) * g.Wq;
+            if (g.sw == 1) {
+              std::copy(row + p.pad_left, row + p.pad_left + p.W, out + h * p.W);
+              continue;
+            }
+            for (int64_t w = 0; w < p.W; ++w) {
+              const int64_t x = w + p.pad_left;
+              out[h * p.W + w] = row[(x % g.sw) * g.plane + x / g.sw];
+            }
+          }
+        }
+      }
+    }
+}
+
+template <typename T>
+bool all_finite(const T* x, int64_t n) {
+  T probe = 0;  // v - v is 0 for finite values, NaN otherwise
+  for (int64_t i = 0; i < n; ++i) probe += x[i] - x[i];
+  return probe == T(0);
+}
+
+}  // namespace
+
+template <typename T>
+bool conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
+  if (p.N == 0) return true;
+  if (conv2d_shifted_backward_data_flips(p)) {
+    backward_data_flipped_forward(p, grad_output, weight, grad_input);
+    return true;
+  }
+  // The scatter adds the dropped columns' products, zero unless a weight is not
+  // finite (inf * 0 = NaN would land in a neighbouring pixel): then im2col.
+  if (!all_finite(weight, p.weight_numel())) return false;
+  backward_data_scatter(p, grad_output, weight, grad_input);
+  return true;
 }
 
 template <typename T>
@@ -299,7 +409,7 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
 
 #define CONVX_INSTANTIATE(T)                                                                               \
   template void conv2d_forward_shifted_cpu<T>(const Conv2dParams&, const T*, const T*, const T*, T*);      \
-  template void conv2d_backward_data_shifted_cpu<T>(const Conv2dParams&, const T*, const T*, T*);          \
+  template bool conv2d_backward_data_shifted_cpu<T>(const Conv2dParams&, const T*, const T*, T*);          \
   template bool conv2d_backward_weight_shifted_cpu<T>(const Conv2dParams&, const T*, const T*, T*);
 CONVX_INSTANTIATE(float)
 CONVX_INSTANTIATE(double)
