@@ -482,8 +482,10 @@ CONVX_INSTANTIATE_PACKED(double)
 // (25 x 9 of them for the digits CNN's first layer, 64 x 147 for a 7x7 stem).
 // Both operands are contiguous along K, so instead of packing them (the packed
 // GEMM pads a 9-wide N to a 48-wide strip, and transposes both), each (m, n) pair
-// keeps a vector of partial sums along k: 4 x 6 pairs in registers, 10 row loads
-// per 24 FMAs. K is walked in chunks small enough that the chunk of every row
+// keeps a vector of partial sums along k: 4 x 5 pairs in registers, 9 row loads
+// per 20 FMAs, 29 of the 32 vector registers. (4 x 6 needed 34: the compiler then
+// reloaded two B rows from memory for every A row, and was 13-15% slower on the
+// stem's and the digits CNN's weight gradients; 3 x 6 and 3 x 7 were slower still.) K is walked in chunks small enough that the chunk of every row
 // stays in L2 while all blocks pass over it; the partial sums live in `acc`
 // between chunks. 1024-term chunks (4 KB per float row: 256 KB for 64 rows) beat
 // 512 by 7% on a 7x7 stem's weight gradient and shorter ones lose more: every
@@ -511,7 +513,7 @@ CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* const* a_rows,
 template <typename T>
 void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, const T* const* B_rows, T beta, T* C,
                        int64_t ldc) {
-  constexpr int64_t L = kLanes<T>, BM = 4, BN = 6, kChunk = 1024;
+  constexpr int64_t L = kLanes<T>, BM = 4, BN = 5, kChunk = 1024;
   if (M <= 0 || N <= 0) return;
   // The dot products keep BM x BN vectors of partial sums per block, written back
   // every kChunk terms: beyond some 10^4 outputs that traffic and the 10 loads per
