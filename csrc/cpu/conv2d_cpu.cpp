@@ -254,20 +254,24 @@ void conv2d_backward_bias_cpu(const Conv2dParams& p, const T* grad_output, T* gr
   const int64_t plane = p.out_h() * p.out_w();
 #pragma omp parallel for schedule(static) if (double(p.N) * double(p.K) * double(plane) > kParallelMinFlops)
   for (int64_t k = 0; k < p.K; ++k) {
-    // kLanes independent partial sums: one running sum would wait on the add
-    // latency for every element; these vectorize. The order is fixed, so the
+    // Each plane is summed in kLanes independent partial sums of T (one running
+    // sum would wait on the add latency for every element; these vectorize at the
+    // full width of T), and the planes' sums are added in double: a plane holds a
+    // few thousand terms, the batch many times more. The order is fixed, so the
     // result is the same for any thread count.
     constexpr int64_t kLanes = 16;
-    Acc part[kLanes] = {};
+    Acc acc = 0;
     for (int64_t n = 0; n < p.N; ++n) {
       const T* g = grad_output + (n * p.K + k) * plane;
+      T part[kLanes] = {};
       int64_t i = 0;
       for (; i + kLanes <= plane; i += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) part[l] += Acc(g[i + l]);
-      for (; i < plane; ++i) part[0] += Acc(g[i]);
+        for (int64_t l = 0; l < kLanes; ++l) part[l] += g[i + l];
+      Acc plane_sum = 0;
+      for (int64_t l = 0; l < kLanes; ++l) plane_sum += Acc(part[l]);
+      for (; i < plane; ++i) plane_sum += Acc(g[i]);
+      acc += plane_sum;
     }
-    Acc acc = 0;
-    for (int64_t l = 0; l < kLanes; ++l) acc += part[l];
     grad_bias[k] = T(acc);
   }
 }
