@@ -256,14 +256,18 @@ CONVX_SIMD_CLONES void output_tiles(const T* m, int64_t m_stride, T bias, T* pla
     for (int64_t r = 0; r < kTile; ++r) {
       const int64_t oh = tr * kTile + r;
       if (oh >= OH) break;
-      T* dst = image + oh * OW;
-      for (int64_t jj = 0; jj < kTile; ++jj) {
-        const T* src = y + (r * kTile + jj) * tiles + rb * tw;
-        for (int64_t j = 0; j < tw; ++j) {
-          const int64_t ow = j * kTile + jj;
-          if (ow < OW) dst[ow] = src[j] + bias;
-        }
-      }
+      T* __restrict dst = image + oh * OW;
+      const T* __restrict src[kTile];
+      for (int64_t jj = 0; jj < kTile; ++jj) src[jj] = y + (r * kTile + jj) * tiles + rb * tw;
+      // Tiles lying wholly inside the row interleave their kTile columns with no
+      // bounds test (a per-element test kept this loop scalar); the tile over the
+      // right edge, if any, writes only its columns inside.
+      const int64_t whole = std::min(tw, OW / kTile);
+      for (int64_t j = 0; j < whole; ++j)
+#pragma GCC unroll 4
+        for (int64_t jj = 0; jj < kTile; ++jj) dst[j * kTile + jj] = src[jj][j] + bias;
+      for (int64_t j = whole; j < tw; ++j)
+        for (int64_t jj = 0; jj < kTile && j * kTile + jj < OW; ++jj) dst[j * kTile + jj] = src[jj][j] + bias;
     }
   }
 }
