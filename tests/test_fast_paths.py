@@ -314,7 +314,10 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (5, 8, 60, 60, 8, 3, 2, 1),    # scatter backward-data of a strided layer, several chunks
     (2, 64, 12, 12, 32, 3, 1, 1),  # 32 x 576 gradient entries: the packed GEMM, not dot products
     (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
-    (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded
+    (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded: B gathered (dropped columns 50%)
+    (2, 64, 7, 7, 32, 3, 1, 1),    # small images side by side in one gathered GEMM, both forwards
+    (3, 30, 9, 9, 20, 3, 2, 1),    # gathered from phase planes
+    (12, 256, 20, 20, 4, 5, 1, 0), # gathered in three chunks of images
 ])
 def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, pad):
     p = _shifted_params(N, C, H, W, K, R, R, (stride, stride), (pad,) * 4, (1, 1), 1)

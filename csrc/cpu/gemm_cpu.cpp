@@ -466,13 +466,61 @@ void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed
       M, N, K, a_packed, [=](int64_t js, int64_t p0) { return RowStrip<T>{b_rows + p0, js * kNR<T>}; }, C, ldc);
 }
 
+// Packs B[p0:p0+kc, j0:j0+nr] for B[k][n] = base[row_off[k] + col_off[n]]: the
+// columns fall into runs of consecutive source addresses (an output row of the
+// shifted-plane convolution), copied 16 floats at a time. A vector store may run
+// past its run into the next one, which is written after it; the strip's last
+// columns are copied one by one so nothing spills out of the strip. Source rows
+// must be readable 16 elements past every run.
+template <typename T>
+CONVX_SIMD_CLONES void pack_b_gather_strip(const T* base, const int64_t* row_off, const int64_t* col_off, int64_t p0,
+                                           int64_t kc, int64_t j0, int64_t nr, T* dst) {
+  constexpr int64_t NR = kNR<T>, L = kLanes<T>;
+  int64_t run_start[NR], run_len[NR], runs = 0;
+  for (int64_t j = 0; j < nr;) {
+    int64_t k = j + 1;
+    while (k < nr && col_off[j0 + k] == col_off[j0 + j] + (k - j)) ++k;
+    run_start[runs] = j;
+    run_len[runs++] = k - j;
+    j = k;
+  }
+  for (int64_t p = 0; p < kc; ++p) {
+    const T* src = base + row_off[p0 + p];
+    T* d = dst + p * NR;
+    for (int64_t r = 0; r < runs; ++r) {
+      const int64_t start = run_start[r], len = run_len[r];
+      const T* s = src + col_off[j0 + start];
+      int64_t t = 0;
+      for (; t < len && start + t + L <= NR; t += L) std::memcpy(d + start + t, s + t, L * sizeof(T));
+      for (; t < len; ++t) d[start + t] = s[t];
+    }
+    for (int64_t j = nr; j < NR; ++j) d[j] = T(0);
+  }
+}
+
+template <typename T>
+void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* b_base,
+                       const int64_t* row_off, const int64_t* col_off, T* C, int64_t ldc) {
+  gemm_blocked<T>(
+      M, N, K,
+      [=](int64_t i0, int64_t mr, int64_t p0, int64_t kc, T* dst) {
+        pack_a_strip_rows<T>(StridedRows<T>{A, lda}, i0, mr, p0, kc, dst);
+      },
+      [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {
+        pack_b_gather_strip<T>(b_base, row_off, col_off, p0, kc, j0, nr, dst);
+      },
+      T(0), C, ldc);
+}
+
 #define CONVX_INSTANTIATE_PACKED(T)                                                                    \
   template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                           \
   template int64_t gemm_packed_b_size<T>(int64_t, int64_t);                                           \
   template PackedBRow gemm_packed_b_row<T>(int64_t, int64_t, int64_t);                               \
   template void gemm_pack_a<T>(int64_t, int64_t, const T*, int64_t, T*);                              \
   template void gemm_packed_cpu<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t);           \
-  template void gemm_packed_a_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*, T*, int64_t);
+  template void gemm_packed_a_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*, T*, int64_t);  \
+  template void gemm_gather_b_cpu<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, const int64_t*,      \
+                                     const int64_t*, T*, int64_t);
 CONVX_INSTANTIATE_PACKED(float)
 CONVX_INSTANTIATE_PACKED(double)
 #undef CONVX_INSTANTIATE_PACKED
