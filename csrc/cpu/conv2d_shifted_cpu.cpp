@@ -131,6 +131,14 @@ bool fill_planes(const Conv2dParams& p, const ShiftedGeometry& g, const T* image
   return finite_probe == T(0);
 }
 
+// Images processed together when each needs `bytes_per_image` of buffers: about
+// 4 MB in all (near the caches, bounded whatever the batch), at least one. It
+// depends on the shape alone, so every sum keeps one order.
+int64_t images_per_chunk(double bytes_per_image, int64_t N) {
+  constexpr double kChunkBytes = 4.0 * 1024 * 1024;
+  return std::clamp<int64_t>(int64_t(kChunkBytes / bytes_per_image), 1, N);
+}
+
 // Threads take whole (image, group) jobs when there are enough of them: each GEMM
 // then runs on its thread alone, and every output element is computed exactly as
 // on one thread.
@@ -148,9 +156,7 @@ void forward_gathered(const Conv2dParams& p, const T* input, const T* weight, co
   const ShiftedGeometry g = shifted_geometry(p);
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t L = g.OH * g.OW, image_planes = Cg * g.phases * g.plane;
-  constexpr double kChunkBytes = 4.0 * 1024 * 1024;
-  const int64_t images =
-      std::clamp<int64_t>(int64_t(kChunkBytes / (double(image_planes + Kg * L) * sizeof(T))), 1, p.N);
+  const int64_t images = images_per_chunk(double(image_planes + Kg * L) * sizeof(T), p.N);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
   std::vector<int64_t> col_off(images * L);
   for (int64_t j = 0; j < images; ++j)
@@ -311,10 +317,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
   const int64_t image_planes = Cg * g.phases * g.plane;
-  // Images per chunk: col, dY and planes near kChunkBytes, fixed by the shape.
-  constexpr double kChunkBytes = 4.0 * 1024 * 1024;
-  const double image_bytes = double(CRS * g.wide + Kg * g.wide + image_planes) * sizeof(T);
-  const int64_t images = std::clamp<int64_t>(int64_t(kChunkBytes / image_bytes), 1, p.N);
+  const int64_t images = images_per_chunk(double(CRS * g.wide + Kg * g.wide + image_planes) * sizeof(T), p.N);
   const int64_t cols = images * g.wide;  // the chunk's wide columns, image after image
 
   const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
@@ -414,10 +417,8 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
   const ShiftedGeometry g = shifted_geometry(p);
   // Images go through in chunks, their planes (and wide dY) laid end to end, so a
   // dot product runs over the whole chunk at once; the chunk is sized by the shape
-  // alone (a fixed summation order) and bounds the buffers near kChunkBytes.
-  constexpr double kChunkBytes = 4.0 * 1024 * 1024;
-  const double image_bytes = double((Cg * g.phases + Kg) * g.plane) * sizeof(T);
-  const int64_t images = std::clamp<int64_t>(int64_t(kChunkBytes / image_bytes), 1, p.N);
+  // alone (a fixed summation order; see images_per_chunk).
+  const int64_t images = images_per_chunk(double((Cg * g.phases + Kg) * g.plane) * sizeof(T), p.N);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, images);
   const int64_t blocks = Cg * g.phases, planes_size = blocks * images * g.plane + g.slack;
   Scratch<T> planes(WorkspaceSlot::Input, planes_size),
