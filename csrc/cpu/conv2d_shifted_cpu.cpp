@@ -316,8 +316,11 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   const ShiftedGeometry g = shifted_geometry(p);
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
-  const int64_t image_planes = Cg * g.phases * g.plane;
-  const int64_t images = images_per_chunk(double(CRS * g.wide + Kg * g.wide + image_planes) * sizeof(T), p.N);
+  // Each image's planes end in their own zeroed slack: the dropped columns' adds
+  // that run past an image's last plane stay inside it, so threads that take
+  // different images never touch each other's sums.
+  const int64_t image_planes = Cg * g.phases * g.plane, image_stride = image_planes + g.slack;
+  const int64_t images = images_per_chunk(double(CRS * g.wide + Kg * g.wide + image_stride) * sizeof(T), p.N);
   const int64_t cols = images * g.wide;  // the chunk's wide columns, image after image
 
   const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
@@ -329,7 +332,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   }
   // dY rows are read in whole vectors: 16 elements of slack after the last.
   Scratch<T> dy_wide(WorkspaceSlot::Aux, Kg * cols + 16), col(WorkspaceSlot::Output, CRS * cols),
-      planes(WorkspaceSlot::Input, images * image_planes + g.slack);
+      planes(WorkspaceSlot::Input, images * image_stride);
   std::fill(dy_wide.data() + Kg * cols, dy_wide.data() + Kg * cols + 16, T(0));
   std::vector<const T*> dy_rows(Kg);
   for (int64_t k = 0; k < Kg; ++k) dy_rows[k] = dy_wide.data() + k * cols;
@@ -357,8 +360,8 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
       // in (c, r, s) order, so the result does not depend on the thread count.
 #pragma omp parallel for schedule(static) if (parallel && count > 1 && !omp_in_parallel())
       for (int64_t j = 0; j < count; ++j) {
-        T* image = planes.data() + j * image_planes;
-        std::fill(image, image + image_planes + (j == images - 1 ? g.slack : 0), T(0));
+        T* image = planes.data() + j * image_stride;
+        std::fill(image, image + image_stride, T(0));
         for (int64_t e = 0; e < CRS; ++e) {
           T* __restrict dst = image + shift[e];
           const T* __restrict src = col.data() + e * cols + j * g.wide;
