@@ -95,7 +95,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // price of computing the Wq - OW dropped columns of every output row. Measured on
   // one core against im2col (speed vs torch, shifted / im2col):
   //  - forward: ahead on every layer of the suite, most where the copy dominates
-  //    (few channels, big filters: LeNet 1.2-1.35x / 0.8x, 7x7 stem 2.1x / 1.3x);
+  //    (few channels, big filters: LeNet 1.2-1.4x / 0.8x, 7x7 stem 1.9x / 1.3x);
   //  - backward data: as the forward of the flipped filters, ahead when they have
   //    64+ outputs (64 channels at 56x56: 1.01x / 0.76x); as a scatter of W^T dY,
   //    ahead with up to 64 filters (digits layers 4.6x / 3.3x and 1.17x / 0.90x,
@@ -103,7 +103,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   //    where its wider GEMM costs more than col2im saves (48 -> 192 5x5 on 19x19:
   //    0.59x / 0.85x);
   //  - weight gradient: ahead while the gradient is small enough to run as dot
-  //    products (<= 16384 entries: stem 0.88x / 0.59x, digits layers 1.6x / 1.3x),
+  //    products (<= 16384 entries: stem 1.08x / 0.66x, digits layers 1.6x / 1.3x),
   //    behind beyond, where its packing transposes (512 channels on 7x7: 0.55x / 0.94x).
   //  Where the dropped columns are more than the kept ones (a dilated filter on a
   //  small image), or the padding dominates the image, im2col stays.
