@@ -9,7 +9,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>

@@ -37,14 +37,13 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "convx/conv2d.h"
 #include "convx/gemm.h"
-#include "convx/workspace.h"
 #include "convx/simd.h"
+#include "convx/workspace.h"
 
 namespace convx {
 namespace {
