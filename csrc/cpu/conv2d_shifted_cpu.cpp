@@ -203,7 +203,8 @@ void forward_shifted(const Conv2dParams& p, const T* input, const T* weight, con
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t a_size = gemm_packed_a_size<T>(Kg, CRS);
   Scratch<T> a_packed(WorkspaceSlot::Filters, p.groups * a_size);
-  for (int64_t gr = 0; gr < p.groups; ++gr) gemm_pack_a<T>(Kg, CRS, weight + gr * Kg * CRS, CRS, a_packed.data() + gr * a_size);
+  for (int64_t gr = 0; gr < p.groups; ++gr)
+    gemm_pack_a<T>(Kg, CRS, weight + gr * Kg * CRS, CRS, a_packed.data() + gr * a_size);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
   const int64_t planes_size = Cg * g.phases * g.plane + g.slack, wide_size = Kg * g.wide;
 

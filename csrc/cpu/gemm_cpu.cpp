@@ -530,12 +530,13 @@ CONVX_INSTANTIATE_PACKED(double)
 // keeps a vector of partial sums along k: 4 x 5 pairs in registers, 9 row loads
 // per 20 FMAs, 29 of the 32 vector registers. (4 x 6 needed 34: the compiler then
 // reloaded two B rows from memory for every A row, and was 13-15% slower on the
-// stem's and the digits CNN's weight gradients; 3 x 6 and 3 x 7 were slower still.) K is walked in chunks small enough that the chunk of every row
-// stays in L2 while all blocks pass over it; the partial sums live in `acc`
-// between chunks. 1024-term chunks (4 KB per float row: 256 KB for 64 rows) beat
-// 512 by 7% on a 7x7 stem's weight gradient and shorter ones lose more: every
-// block reloads and stores its 24 partial-sum vectors once per chunk. Lanes are
-// summed in a fixed order at the end: bitwise repeatable for any thread count.
+// stem's and the digits CNN's weight gradients; 3 x 6 and 3 x 7 were slower
+// still.) K is walked in chunks small enough that the chunk of every row stays in
+// L2 while all blocks pass over it; the partial sums live in `acc` between
+// chunks. 1024-term chunks (4 KB per float row: 256 KB for 64 rows) beat 512 by 7%
+// on a 7x7 stem's weight gradient and shorter ones lose more: every block reloads
+// and stores its partial-sum vectors once per chunk. Lanes are summed in a fixed
+// order at the end: bitwise repeatable for any thread count.
 template <typename T, int BM, int BN>
 CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* const* a_rows, const T* const* b_rows,
                                  T* acc /* BM*BN vectors */) {
