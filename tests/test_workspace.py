@@ -40,11 +40,12 @@ def test_results_do_not_depend_on_what_the_workspace_held(algo):
         p.validate()
         x, w = rng.standard_normal((N, 16, H, H)), rng.standard_normal((16, 16, 3, 3))
         gy = rng.standard_normal((N, 16, H, H))
-        for run, shape in ((lambda out, a: _C.conv2d_forward(p, x, w, None, out, a), gy.shape),
-                           (lambda out, a: _C.conv2d_backward_data(p, gy, w, out, a), x.shape),
-                           (lambda out, a: _C.conv2d_backward_weight(p, gy, x, out, a), w.shape)):
+        calls = ((_C.conv2d_forward, (p, x, w, None), gy.shape),
+                 (_C.conv2d_backward_data, (p, gy, w), x.shape),
+                 (_C.conv2d_backward_weight, (p, gy, x), w.shape))
+        for kernel, args, shape in calls:
             got, want = np.full(shape, np.nan), np.empty(shape)
-            run(got, algo)
-            run(want, "direct")
+            kernel(*args, got, algo)
+            kernel(*args, want, "direct")
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
     convx.release_workspace()
