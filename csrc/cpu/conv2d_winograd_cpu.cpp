@@ -210,7 +210,11 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
         std::fill(padded, padded + span, T(0));
       } else {
         std::fill(padded, padded + x_lo, T(0));
-        std::copy(plane + h * W + (x_lo - pad_left), plane + h * W + (x_hi - pad_left), padded + x_lo);
+        // A loop, not std::copy: rows of the 19x19 board are 19 values, where the
+        // memmove call cost more than the copy.
+        const T* __restrict from = plane + h * W - pad_left;
+        T* __restrict to = padded;
+        for (int64_t x = x_lo; x < x_hi; ++x) to[x] = from[x];
         std::fill(padded + x_hi, padded + span, T(0));
       }
       for (int64_t v = 0; v < kPatch; ++v) {
