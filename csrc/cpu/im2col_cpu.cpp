@@ -28,37 +28,6 @@ inline void valid_range(int64_t size, int64_t out, int64_t stride, int64_t start
   hi = std::max(lo, std::min(hi, out));
 }
 
-// One output row's part of a column-matrix row (see im2col_row). always_inline:
-// im2col_row is compiled once per instruction set, and so must this be.
-template <typename T>
-__attribute__((always_inline)) inline void im2col_output_row(const Im2colParams& p, const T* plane, int64_t h_offset,
-                                                             int64_t w_offset, int64_t oh, int64_t oh_first,
-                                                             int64_t oh_last, int64_t l0, int64_t l1, int64_t out_w,
-                                                             int64_t oh_lo, int64_t oh_hi, int64_t ow_lo,
-                                                             int64_t ow_hi, T* dst) {
-  // This output row's part of the block: ow in [a, b).
-  const int64_t a = oh == oh_first ? l0 - oh * out_w : 0;
-  const int64_t b = oh == oh_last ? l1 - oh * out_w : out_w;
-  T* d = dst + oh * out_w;
-  if (oh < oh_lo || oh >= oh_hi) {  // the whole row reads padding
-    std::fill(d + a, d + b, T(0));
-    return;
-  }
-  const int64_t lo = std::clamp(ow_lo, a, b), hi = std::clamp(ow_hi, lo, b);
-  const T* src_row = plane + (oh * p.stride_h + h_offset) * p.W;
-  std::fill(d + a, d + lo, T(0));
-  if (p.stride_w == 1) {
-    // A loop, not memcpy: the runs are output rows, often a handful of values
-    // (8 for LeNet's second layer), where a library call costs more than the copy.
-    const T* __restrict from = src_row + w_offset;
-    T* __restrict to = d;
-    for (int64_t ow = lo; ow < hi; ++ow) to[ow] = from[ow];
-  } else {
-    for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src_row[ow * p.stride_w + w_offset];
-  }
-  std::fill(d + hi, d + b, T(0));
-}
-
 }  // namespace
 
 // Columns l in [l0, l1) of one row of the column matrix (row = (c*kh + i)*kw + j)
@@ -80,29 +49,37 @@ CONVX_SIMD_CLONES void im2col_row(const Im2colParams& p, int64_t out_h, int64_t 
   int64_t oh_lo, oh_hi, ow_lo, ow_hi;
   valid_range(p.H, out_h, p.stride_h, h_offset, oh_lo, oh_hi);
   valid_range(p.W, out_w, p.stride_w, w_offset, ow_lo, ow_hi);
-  // Whole output rows that read no padding, stride 1 along the row: a plain 2-D
-  // copy. With rows of a few values (8 for LeNet's second layer) the general loop
-  // below spent more on its bookkeeping than on the copy.
-  if (p.stride_w == 1 && ow_lo == 0 && ow_hi == out_w) {
-    const int64_t first_whole = l0 % out_w == 0 ? oh_first : oh_first + 1;
-    const int64_t last_whole = l1 % out_w == 0 ? oh_last : oh_last - 1;  // inclusive
-    const int64_t from_row = std::max(first_whole, oh_lo), to_row = std::min(last_whole + 1, oh_hi);
-    if (from_row < to_row) {
-      for (int64_t oh = from_row; oh < to_row; ++oh) {
-        const T* __restrict src = plane + (oh * p.stride_h + h_offset) * p.W + w_offset;
-        T* __restrict d = dst + oh * out_w;
-        for (int64_t ow = 0; ow < out_w; ++ow) d[ow] = src[ow];
-      }
-      // The rest (partial rows at the block's ends, rows in the padding) below.
-      for (int64_t oh = oh_first; oh <= oh_last; ++oh)
-        if (oh < from_row || oh >= to_row) im2col_output_row(p, plane, h_offset, w_offset, oh, oh_first, oh_last,
-                                                              l0, l1, out_w, oh_lo, oh_hi, ow_lo, ow_hi, dst);
-      return;
+  // Rows that are whole inside the block, read no padding and step by 1 are a
+  // plain copy: with output rows of a few values (8 for LeNet's second layer) the
+  // general path's clamps, fills and memcpy call cost more than the copy itself.
+  const bool plain_rows = p.stride_w == 1 && ow_lo == 0 && ow_hi == out_w;
+  for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
+    // This output row's part of the block: ow in [a, b).
+    const int64_t a = oh == oh_first ? l0 - oh * out_w : 0;
+    const int64_t b = oh == oh_last ? l1 - oh * out_w : out_w;
+    T* d = dst + oh * out_w;
+    if (oh < oh_lo || oh >= oh_hi) {  // the whole row reads padding
+      std::fill(d + a, d + b, T(0));
+      continue;
     }
+    const T* src_row = plane + (oh * p.stride_h + h_offset) * p.W;
+    if (plain_rows && a == 0 && b == out_w) {
+      const T* __restrict from = src_row + w_offset;
+      T* __restrict to = d;
+      for (int64_t ow = 0; ow < out_w; ++ow) to[ow] = from[ow];
+      continue;
+    }
+    const int64_t lo = std::clamp(ow_lo, a, b), hi = std::clamp(ow_hi, lo, b);
+    std::fill(d + a, d + lo, T(0));
+    if (p.stride_w == 1) {
+      const T* __restrict from = src_row + w_offset;
+      T* __restrict to = d;
+      for (int64_t ow = lo; ow < hi; ++ow) to[ow] = from[ow];
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src_row[ow * p.stride_w + w_offset];
+    }
+    std::fill(d + hi, d + b, T(0));
   }
-  for (int64_t oh = oh_first; oh <= oh_last; ++oh)
-    im2col_output_row(p, plane, h_offset, w_offset, oh, oh_first, oh_last, l0, l1, out_w, oh_lo, oh_hi, ow_lo, ow_hi,
-                      dst);
 }
 
 template <typename T>
