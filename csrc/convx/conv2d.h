@@ -82,7 +82,7 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
 // views of a padded copy of the image (see conv2d_shifted_cpu.cpp) ----------------
 // It applies while the padding does not dominate the padded image and the stride
 // is at most the filter's reach.
-bool conv2d_shifted_applies(const Conv2dParams& p, Conv2dDirection direction);
+bool conv2d_shifted_applies(const Conv2dParams& p);
 template <typename T>
 void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output);
 // Backward-data has two forms: the forward of the flipped filters (stride 1, pads

@@ -106,7 +106,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   //    behind beyond, where its packing transposes (512 channels on 7x7: 0.55x / 0.94x).
   //  Where the dropped columns are more than the kept ones (a dilated filter on a
   //  small image), or the padding dominates the image, im2col stays.
-  if (!conv2d_shifted_applies(p, direction) ||
+  if (!conv2d_shifted_applies(p) ||
       p.W + p.pad_left + p.pad_right > 2 * p.stride_w * p.out_w())  // Wq > 2 * OW
     return Conv2dAlgo::Im2col;
   switch (direction) {
@@ -134,8 +134,8 @@ void require_winograd(const Conv2dParams& p, Conv2dAlgo algo) {
         std::to_string(p.dilation_w) + "), groups=" + std::to_string(p.groups));
 }
 
-void require_shifted(const Conv2dParams& p, Conv2dDirection direction) {  // same rule for every direction
-  if (!conv2d_shifted_applies(p, direction))
+void require_shifted(const Conv2dParams& p) {
+  if (!conv2d_shifted_applies(p))
     throw std::invalid_argument(
         std::string("algo='shifted' needs padding that does not dominate the image and a stride no wider than the "
                     "kernel's reach") +
@@ -550,7 +550,7 @@ Conv2dAlgo conv2d_forward_cpu(const Conv2dParams& p, const T* input, const T* we
                               T* output, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::Forward);
   if (is_winograd(algo)) require_winograd(p, algo);
-  if (algo == Conv2dAlgo::Shifted) require_shifted(p, Conv2dDirection::Forward);
+  if (algo == Conv2dAlgo::Shifted) require_shifted(p);
   if (algo == Conv2dAlgo::Direct)
     conv2d_forward_direct_cpu(p, input, weight, bias, output);
   else if (algo == Conv2dAlgo::Shifted)
@@ -567,7 +567,7 @@ Conv2dAlgo conv2d_backward_data_cpu(const Conv2dParams& p, const T* grad_output,
                                     T* grad_input, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardData);
   if (is_winograd(algo)) require_winograd(p, algo);
-  if (algo == Conv2dAlgo::Shifted) require_shifted(p, Conv2dDirection::BackwardData);
+  if (algo == Conv2dAlgo::Shifted) require_shifted(p);
   if (algo == Conv2dAlgo::Direct)
     conv2d_backward_data_direct_cpu(p, grad_output, weight, grad_input);
   else if (algo == Conv2dAlgo::Shifted && conv2d_backward_data_shifted_cpu(p, grad_output, weight, grad_input))
@@ -590,7 +590,7 @@ Conv2dAlgo conv2d_backward_weight_cpu(const Conv2dParams& p, const T* grad_outpu
     require_winograd(p, algo);
     algo = Conv2dAlgo::Winograd2x2;  // the one weight-gradient form, F(3x3, 2x2)
   }
-  if (algo == Conv2dAlgo::Shifted) require_shifted(p, Conv2dDirection::BackwardWeight);
+  if (algo == Conv2dAlgo::Shifted) require_shifted(p);
   if (algo == Conv2dAlgo::Winograd2x2)
     conv2d_backward_weight_winograd_cpu(p, grad_output, input, grad_weight);
   else if (algo == Conv2dAlgo::Direct)

@@ -131,6 +131,16 @@ bool fill_planes(const Conv2dParams& p, const ShiftedGeometry& g, const T* image
   return finite_probe == T(0);
 }
 
+// One OH x OW plane of dY laid out wide, as the GEMMs read it: OH rows of Wq, zero
+// in the dropped columns so that their products add nothing.
+template <typename T>
+void widen_plane(const ShiftedGeometry& g, const T* src, T* dst) {
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dst + oh * g.Wq);
+    std::fill(dst + oh * g.Wq + g.OW, dst + (oh + 1) * g.Wq, T(0));
+  }
+}
+
 // Images processed together when each needs `bytes_per_image` of buffers: about
 // 4 MB in all (near the caches, bounded whatever the batch), at least one. It
 // depends on the shape alone, so every sum keeps one order.
@@ -152,8 +162,8 @@ inline bool share_jobs_between_threads(int64_t jobs) {
 // layer on 19x19), and images side by side in one GEMM (small images fill its
 // strips), for one copy of the im2col matrix's size, made strip by strip in cache.
 template <typename T>
-void forward_gathered(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output) {
-  const ShiftedGeometry g = shifted_geometry(p);
+void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* input, const T* weight, const T* bias,
+                      T* output) {
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t L = g.OH * g.OW, image_planes = Cg * g.phases * g.plane;
   const int64_t images = images_per_chunk(double(image_planes + Kg * L) * sizeof(T), p.N);
@@ -197,7 +207,7 @@ void forward_shifted(const Conv2dParams& p, const T* input, const T* weight, con
   // 56x56 1.00x / 0.87x, LeNet's first layer (C*R*S = 25) 1.32x / 1.10x.
   const int64_t in_place_cols = (g.wide + 15) / 16 * 16, kept_cols = g.OH * g.OW;
   if (double(in_place_cols) >= 1.2 * double(kept_cols) && p.channels_per_group() * p.R * p.S >= 256) {
-    forward_gathered(p, input, weight, bias, output);
+    forward_gathered(p, g, input, weight, bias, output);
     return;
   }
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
@@ -267,7 +277,7 @@ bool planes_are_sensible(const Conv2dParams& p) {
 }
 }  // namespace
 
-bool conv2d_shifted_applies(const Conv2dParams& p, Conv2dDirection) { return planes_are_sensible(p); }
+bool conv2d_shifted_applies(const Conv2dParams& p) { return planes_are_sensible(p); }
 
 bool conv2d_shifted_backward_data_flips(const Conv2dParams& p) {
   if (p.channels_per_group() < 64) return false;
@@ -349,11 +359,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
             std::fill(dst, dst + g.wide, T(0));
             continue;
           }
-          const T* src = grad_output + ((n0 + j) * p.K + gr * Kg + k) * g.OH * g.OW;
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dst + oh * g.Wq);
-            std::fill(dst + oh * g.Wq + g.OW, dst + (oh + 1) * g.Wq, T(0));
-          }
+          widen_plane(g, grad_output + ((n0 + j) * p.K + gr * Kg + k) * g.OH * g.OW, dst);
         }
       gemm_packed_a_rows_b_cpu<T>(CRS, count * g.wide, Kg, a_packed.data() + gr * a_size, dy_rows.data(),
                                   col.data(), cols);
@@ -439,11 +445,7 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
         finite &= fill_planes(p, g, input + (n * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data());
         for (int64_t k = 0; k < Kg; ++k) {
           T* dst = dy_wide.data() + (k * images + j) * g.plane;
-          const T* src = grad_output + (n * p.K + gr * Kg + k) * g.OH * g.OW;
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dst + oh * g.Wq);
-            std::fill(dst + oh * g.Wq + g.OW, dst + (oh + 1) * g.Wq, T(0));
-          }
+          widen_plane(g, grad_output + (n * p.K + gr * Kg + k) * g.OH * g.OW, dst);
           std::fill(dst + g.wide, dst + g.plane, T(0));
         }
       }
