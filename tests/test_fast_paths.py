@@ -101,11 +101,13 @@ def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
 
 # ---- Winograd F(4x4, 3x3) ----------------------------------------------------------
 
-def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, groups=1):
+def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, dilation=(1, 1), groups=1):
+    """Validated params; stride is an int or an (h, w) pair, pads (top, bottom, left, right)."""
     p = _C.Conv2dParams()
     p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, W, K, R, S
-    p.stride_h = p.stride_w = stride
+    p.stride_h, p.stride_w = (stride, stride) if isinstance(stride, int) else stride
     p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pads
+    p.dilation_h, p.dilation_w = dilation
     p.groups = groups
     p.validate()
     return p
@@ -252,17 +254,6 @@ def test_im2col_blocks_match_direct(N, C, H, W, K, groups, stride):
 
 # ---- the shifted-plane GEMM ------------------------------------------------------------
 
-def _shifted_params(N, C, H, W, K, R, S, stride, pads, dilation, groups):
-    p = _C.Conv2dParams()
-    p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, W, K, R, S
-    p.stride_h, p.stride_w = stride
-    p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pads
-    p.dilation_h, p.dilation_w = dilation
-    p.groups = groups
-    p.validate()
-    return p
-
-
 def _three_directions(p, algo, x, w, b, gy):
     """(forward, backward-data, backward-weight) by `algo`; a direction it refuses is None."""
     results = []
@@ -291,7 +282,8 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     # shifted form runs it gives the reference's answer (float64, so any index slip
     # shows); where it does not apply it says so.
     try:
-        p = _shifted_params(N, Cg * groups, H, W, Kg * groups, R, S, stride, pads, dilation, groups)
+        p = _conv_params(N, Cg * groups, H, W, Kg * groups, pads, R=R, S=S, stride=stride, dilation=dilation,
+                         groups=groups)
     except ValueError:
         return  # the kernel does not fit in the padded image
     rng = np.random.default_rng(seed)
@@ -320,7 +312,7 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (12, 256, 20, 20, 4, 5, 1, 0), # gathered in three chunks of images
 ])
 def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, pad):
-    p = _shifted_params(N, C, H, W, K, R, R, (stride, stride), (pad,) * 4, (1, 1), 1)
+    p = _conv_params(N, C, H, W, K, (pad,) * 4, R=R, S=R, stride=stride)
     rng = np.random.default_rng(4)
     args = (rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, R, R)), rng.standard_normal(K),
             rng.standard_normal((N, K, p.out_h(), p.out_w())))
@@ -329,7 +321,7 @@ def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, p
 
 
 def test_shifted_refuses_padding_that_dominates_the_image():
-    p = _shifted_params(1, 1, 2, 2, 1, 1, 1, (1, 1), (40, 40, 40, 40), (1, 1), 1)
+    p = _conv_params(1, 1, 2, 2, 1, (40, 40, 40, 40), R=1, S=1)
     with pytest.raises(ValueError, match=r"algo='shifted' needs padding .* got input 2x2, kernel 1x1"):
         _C.conv2d_forward(p, np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1)), None, np.empty((1, 1, 82, 82)), "shifted")
 
@@ -338,7 +330,7 @@ def test_shifted_refuses_padding_that_dominates_the_image():
 def test_shifted_scatter_backward_data_falls_back_on_non_finite_weight(value):
     # The scatter adds the dropped columns' products (W^T times zeros) into
     # neighbouring pixels: with an inf in W those would be NaN.
-    p = _shifted_params(2, 3, 8, 9, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    p = _conv_params(2, 3, 8, 9, 4, (0, 0, 0, 0))
     rng = np.random.default_rng(6)
     w = rng.standard_normal((4, 3, 3, 3))
     w[2, 1, 0, 2] = value
@@ -355,7 +347,7 @@ def test_shifted_weight_gradient_falls_back_on_non_finite_input(value):
     # The shifted weight gradient multiplies the pixels of the dropped columns by
     # zeros; 0 * inf = NaN would spoil taps that never see the bad pixel. The last
     # column of an unpadded 3x3 layer is only seen by the right-hand taps.
-    p = _shifted_params(2, 3, 8, 9, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    p = _conv_params(2, 3, 8, 9, 4, (0, 0, 0, 0))
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 3, 8, 9))
     x[1, 2, 4, 8] = value
