@@ -10,18 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convx import _C
+from convx.functional import _pool2d_params
 
 
 def _pool_params(N, C, H, W, k, s, pad, dilation=(1, 1), ceil_mode=False):
-    p = _C.Pool2dParams()
-    p.N, p.C, p.H, p.W = N, C, H, W
-    p.kernel_h, p.kernel_w = k
-    p.stride_h, p.stride_w = s
-    p.pad_h, p.pad_w = pad
-    p.dilation_h, p.dilation_w = dilation
-    p.ceil_mode = ceil_mode
-    p.validate()
-    return p
+    return _pool2d_params(N, C, H, W, k, s, pad, dilation, ceil_mode)
 
 
 def _pool_both(p, x):

@@ -125,6 +125,20 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
 
 # ---- max_pool2d --------------------------------------------------------------------
 
+def _pool2d_params(N: int, C: int, H: int, W: int, kernel: Tuple[int, int], stride: Tuple[int, int],
+                   padding: Tuple[int, int], dilation: Tuple[int, int], ceil_mode: bool):
+    """Validated kernel parameters from already-checked (h, w) pairs."""
+    p = _C.Pool2dParams()
+    p.N, p.C, p.H, p.W = N, C, H, W
+    p.kernel_h, p.kernel_w = kernel
+    p.stride_h, p.stride_w = stride
+    p.pad_h, p.pad_w = padding
+    p.dilation_h, p.dilation_w = dilation
+    p.ceil_mode = bool(ceil_mode)
+    p.validate()
+    return p
+
+
 def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
                dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False):
     """2-D max pooling, like torch.nn.functional.max_pool2d.
@@ -145,14 +159,7 @@ def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, pa
 
     batched = input.ndim == 4
     N, C, H, W = tuple(input.shape) if batched else (1,) + tuple(input.shape)
-    p = _C.Pool2dParams()
-    p.N, p.C, p.H, p.W = N, C, H, W
-    p.kernel_h, p.kernel_w = kernel
-    p.stride_h, p.stride_w = stride_
-    p.pad_h, p.pad_w = padding_
-    p.dilation_h, p.dilation_w = dilation_
-    p.ceil_mode = bool(ceil_mode)
-    p.validate()
+    p = _pool2d_params(N, C, H, W, kernel, stride_, padding_, dilation_, ceil_mode)
 
     if kind == "numpy":
         out, indices = _kernels.max_pool2d_forward(p, _contiguous_numpy(input if batched else input[None]))
