@@ -49,3 +49,50 @@ def test_results_do_not_depend_on_what_the_workspace_held(algo):
             kernel(*args, want, "direct")
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
     convx.release_workspace()
+
+
+def _conv_params(N, C, H, K):
+    p = _C.Conv2dParams()
+    p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, H, K, 3, 3
+    p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 1
+    p.validate()
+    return p
+
+
+def _fill_workspace_with_nan():
+    # All-NaN calls of a larger layer, every algorithm and direction: NaN in every
+    # kept buffer they use.
+    big = _conv_params(2, 32, 56, 32)
+    nan_x, nan_w, nan_gy = (np.full(s, np.nan, np.float32)
+                            for s in ((2, 32, 56, 56), (32, 32, 3, 3), (2, 32, 56, 56)))
+    for algo in ("im2col", "shifted", "winograd_2x2"):
+        _C.conv2d_forward(big, nan_x, nan_w, None, np.empty_like(nan_gy), algo)
+        _C.conv2d_backward_data(big, nan_gy, nan_w, np.empty_like(nan_x), algo)
+        _C.conv2d_backward_weight(big, nan_gy, nan_x, np.empty_like(nan_w), algo)
+
+
+@pytest.mark.parametrize("algo", ["im2col", "shifted", "winograd_2x2"])
+@pytest.mark.parametrize("direction", ["forward", "backward_data", "backward_weight"])
+def test_nan_left_in_the_workspace_does_not_reach_results(algo, direction):
+    # A finite call after the NaN ones must not read any of it, not even where it
+    # multiplies by zero (0 * NaN is NaN). 32x32 padded to 34x34 makes shifted
+    # planes of 1156 elements, rounded up to 1168: the 12 between are never part
+    # of the image.
+    rng = np.random.default_rng(4)
+    p = _conv_params(2, 16, 32, 16)
+    x = rng.standard_normal((2, 16, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 32, 32)).astype(np.float32)
+    kernel, args, shape = {
+        "forward": (_C.conv2d_forward, (p, x, w, None), gy.shape),
+        "backward_data": (_C.conv2d_backward_data, (p, gy, w), x.shape),
+        "backward_weight": (_C.conv2d_backward_weight, (p, gy, x), w.shape),
+    }[direction]
+    want = np.empty(shape, np.float32)
+    kernel(*args, want, "direct")
+    _fill_workspace_with_nan()
+    got = np.empty(shape, np.float32)
+    kernel(*args, got, algo)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    convx.release_workspace()

@@ -101,6 +101,9 @@ bool fill_planes(const Conv2dParams& p, const ShiftedGeometry& g, const T* image
     for (int64_t a = 0; a < g.sh; ++a)
       for (int64_t b = 0; b < g.sw; ++b) {
         T* dst = planes + ((c * g.phases + a * g.sw + b) * images + j) * g.plane;
+        // The rounding gap after the image: the weight gradient multiplies it by
+        // zeros of dY, so it must hold zeros, not a kept buffer's old values.
+        std::fill(dst + g.Hq * g.Wq, dst + g.plane, T(0));
         for (int64_t i = 0; i < g.Hq; ++i) {
           T* row = dst + i * g.Wq;
           const int64_t ih = i * g.sh + a - p.pad_top;
