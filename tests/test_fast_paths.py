@@ -297,7 +297,8 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (3, 40, 90, 90, 8, 3, 1, 1),   # 2+ MB per image: one image per chunk, three chunks summed
     (3, 64, 30, 30, 16, 3, 1, 1),  # 64 channels: backward-data as the flipped forward, not the scatter
     (5, 8, 60, 60, 8, 3, 2, 1),    # scatter backward-data of a strided layer, several chunks
-    (2, 64, 12, 12, 32, 3, 1, 1),  # 32 x 576 gradient entries: the packed GEMM, not dot products
+    (2, 64, 12, 12, 32, 3, 1, 1),  # 32 x 576 gradient entries: the GEMM over pixel-major planes
+    (3, 64, 40, 40, 32, 3, 1, 1),  # the same, one image per chunk: three GEMMs summed
     (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
     (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded: B gathered (dropped columns 50%)
     (2, 64, 7, 7, 32, 3, 1, 1),    # small images side by side in one gathered GEMM, both forwards
@@ -311,6 +312,52 @@ def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, p
             rng.standard_normal((N, K, p.out_h(), p.out_w())))
     for got, want in zip(_three_directions(p, "shifted", *args), _three_directions(p, "direct", *args)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 3), Cg=st.integers(40, 72), Kg=st.integers(48, 64), groups=st.integers(1, 2),
+       H=st.integers(2, 14), W=st.integers(2, 14), R=st.integers(3, 4), S=st.integers(3, 4),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 3)] * 4),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), seed=st.integers(0, 2**16))
+def test_shifted_pixel_major_weight_gradient_matches_direct(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation,
+                                                            seed):
+    # Above 16384 entries per group (here 48 x 40 x 9 at least) the shifted weight
+    # gradient is the GEMM over pixel-major planes, B gathered pixel by pixel: its
+    # own offsets for every stride, dilation, padding and group.
+    try:
+        p = _conv_params(N, Cg * groups, H, W, Kg * groups, pads, R=R, S=S, stride=stride, dilation=dilation,
+                         groups=groups)
+    except ValueError:
+        return  # the kernel does not fit in the padded image
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W))
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w()))
+    got, want = np.empty((p.K, Cg, R, S)), np.empty((p.K, Cg, R, S))
+    try:
+        assert _C.conv2d_backward_weight(p, gy, x, got, "shifted") == "shifted"
+    except ValueError as e:
+        assert "algo='shifted' needs" in str(e)
+        return
+    _C.conv2d_backward_weight(p, gy, x, want, "direct")
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_shifted_pixel_major_weight_gradient_keeps_non_finite_input_to_its_taps(value):
+    # The pixel-major form computes only the direct convolution's products, so it
+    # needs no fallback: a bad pixel spoils exactly the taps that see it.
+    p = _conv_params(2, 64, 8, 9, 32, (0, 0, 0, 0))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 64, 8, 9))
+    x[1, 5, 4, 8] = value  # the last column: seen by the right-hand taps only
+    gy = rng.standard_normal((2, 32, 6, 7))
+    got, want = np.empty((32, 64, 3, 3)), np.empty((32, 64, 3, 3))
+    assert _C.conv2d_backward_weight(p, gy, x, got, "shifted") == "shifted"
+    _C.conv2d_backward_weight(p, gy, x, want, "direct")
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want[np.isfinite(want)]).max(),
+                               equal_nan=True)
+    assert np.isfinite(np.delete(got, 5, axis=1)).all() and np.isfinite(got[:, 5, :, :2]).all()
+    assert not np.isfinite(got[:, 5, :, 2]).all()
 
 
 def test_shifted_refuses_padding_that_dominates_the_image():
@@ -337,7 +384,7 @@ def test_shifted_scatter_backward_data_falls_back_on_non_finite_weight(value):
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 def test_shifted_weight_gradient_falls_back_on_non_finite_input(value):
-    # The shifted weight gradient multiplies the pixels of the dropped columns by
+    # The dot-product form of the shifted weight gradient multiplies the pixels of the dropped columns by
     # zeros; 0 * inf = NaN would spoil taps that never see the bad pixel. The last
     # column of an unpadded 3x3 layer is only seen by the right-hand taps.
     p = _conv_params(2, 3, 8, 9, 4, (0, 0, 0, 0))

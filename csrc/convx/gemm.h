@@ -77,12 +77,20 @@ void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T
 template <typename T>
 void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows, T* C,
                               int64_t ldc);
-// C (M x N, row stride ldc) = A (M x K, row stride lda) * B, where B[k][n] =
-// b_base[row_off[k] + col_off[n]] is gathered straight into the GEMM's packed
-// strips (the shifted-plane convolution's im2col matrix, never written out). Each
-// run of consecutive col_off values is read 16 elements at a time: b_base must be
-// readable 16 elements past b_base[row_off[k] + col_off[n]] for every k and n.
+// C (M x N, row stride ldc) = A (M x K, row stride lda) * B + beta * C, where
+// B[k][n] = b_base[row_off[k] + col_off[n]] is gathered straight into the GEMM's
+// packed strips (the shifted-plane convolution's im2col matrix, never written
+// out). Each run of consecutive col_off values is read 16 elements at a time:
+// b_base must be readable 16 elements past b_base[row_off[k] + col_off[n]] for
+// every k and n.
 template <typename T>
 void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* b_base,
-                       const int64_t* row_off, const int64_t* col_off, T* C, int64_t ldc);
+                       const int64_t* row_off, const int64_t* col_off, T beta, T* C, int64_t ldc);
+// Whether gemm_abt_rows_cpu computes an M x N product as dot products (else as
+// the packed GEMM, transposing both operands into its strips).
+bool gemm_abt_uses_dot_products(int64_t M, int64_t N);
+// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols, 16 x 16 blocks at a
+// time through registers.
+template <typename T>
+void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);
 }  // namespace convx

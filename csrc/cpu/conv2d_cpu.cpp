@@ -83,10 +83,18 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // thin for the transforms to pay off).
   // Below 8x8 outputs per image the forward goes to the shifted GEMM instead
   // (512 channels on 7x7: 0.95x against Winograd's 0.87x; a 7x7 image pads to 16
-  // tiles covering 8x8).
+  // tiles covering 8x8). The weight gradient's F(3x3, 2x2) pays its transforms
+  // per tile and per input and output channel; it beats the shifted GEMM's
+  // pixel-major form only on products of 16384+ channel pairs over 200+ tiles
+  // (ms on one core, Winograd / shifted: 192 -> 192 on 19x19 at batch 16
+  // 13.3 / 16.2, 128 -> 128 on 28x28 at batch 8 6.8 / 8.2, 256 -> 256 on 19x19 at
+  // batch 2 3.2 / 3.7), and loses on fewer tiles (the AlphaGo body at batch 1:
+  // 1.20 / 1.09; 512 channels on 7x7: 8.9 / 8.5) or narrower layers (64 -> 64 on
+  // 56x56: 10.8 / 9.1; 64 -> 128 on 112x112: 34.7 / 33.5).
   const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
   if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && tiles >= 64 &&
-      (direction != Conv2dDirection::Forward || p.out_h() * p.out_w() >= 64))
+      (direction != Conv2dDirection::Forward || p.out_h() * p.out_w() >= 64) &&
+      (direction != Conv2dDirection::BackwardWeight || (p.C * p.K >= 16384 && tiles >= 200)))
     return Conv2dAlgo::Winograd2x2;
   // A 1x1 layer's GEMM reads the image itself (no im2col): nothing to save.
   if (is_pointwise(p)) return Conv2dAlgo::Im2col;
@@ -101,9 +109,11 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   //    LeNet 6.8x / 6.3x and 1.11x / 1.00x, stem 3.5x / 3.1x), behind with more,
   //    where its wider GEMM costs more than col2im saves (48 -> 192 5x5 on 19x19:
   //    0.59x / 0.85x);
-  //  - weight gradient: ahead while the gradient is small enough to run as dot
-  //    products (<= 16384 entries: stem 1.08x / 0.66x, digits layers 1.6x / 1.3x),
-  //    behind beyond, where its packing transposes (512 channels on 7x7: 0.55x / 0.94x).
+  //  - weight gradient: ahead on every layer measured. Up to 16384 entries as dot
+  //    products (stem 1.08x / 0.66x, digits layers 1.6x / 1.3x), beyond as the
+  //    GEMM over pixel-major planes (ms, shifted / im2col: LeNet's second layer
+  //    1.24 / 2.17, 48 -> 192 5x5 on 19x19 0.74 / 0.84, 64 -> 64 on 56x56
+  //    9.1 / 12.4, 512 channels on 7x7 8.5 / 9.2, 3 -> 256 7x7 stride 2 3.7 / 3.7).
   //  Where the dropped columns are more than the kept ones (a dilated filter on a
   //  small image), or the padding dominates the image, im2col stays.
   if (!conv2d_shifted_applies(p) ||
@@ -114,9 +124,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
     case Conv2dDirection::BackwardData:
       return conv2d_shifted_backward_data_flips(p) || p.filters_per_group() <= 64 ? Conv2dAlgo::Shifted
                                                                                    : Conv2dAlgo::Im2col;
-    case Conv2dDirection::BackwardWeight:
-      return p.filters_per_group() * p.channels_per_group() * p.R * p.S <= 16384 ? Conv2dAlgo::Shifted
-                                                                                 : Conv2dAlgo::Im2col;
+    case Conv2dDirection::BackwardWeight: return Conv2dAlgo::Shifted;
   }
   return Conv2dAlgo::Im2col;
 }

@@ -25,7 +25,9 @@
 //                    col added into its plane at shift(r, s) (any stride)
 //   backward weight  dW (Kg x CRS) = dY_wide * B^T: dot products along q, with dY
 //                    laid out wide and zero in the dropped columns, so those
-//                    columns add nothing
+//                    columns add nothing; or, for larger gradients, the packed
+//                    GEMM over the planes transposed to pixel-major, B gathered
+//                    for the kept pixels only
 #include <omp.h>
 
 #include <algorithm>
@@ -204,7 +206,7 @@ void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* 
                     planes.data() + j * image_planes);
       std::fill(planes.data() + count * image_planes, planes.data() + count * image_planes + g.slack, T(0));
       gemm_gather_b_cpu<T>(Kg, count * L, CRS, weight + gr * Kg * CRS, CRS, planes.data(), shift.data(),
-                           col_off.data(), out.data(), count * L);
+                           col_off.data(), T(0), out.data(), count * L);
       for (int64_t j = 0; j < count; ++j)
         for (int64_t k = 0; k < Kg; ++k) {
           const T b = bias ? bias[gr * Kg + k] : T(0);
@@ -415,6 +417,74 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
     }
 }
 
+// Zeros after the `count` images of a chunk's planes (laid out as row_shifts
+// describes, `images` per chunk): the reads that run past the last image of each
+// plane block, and past the buffer's end, find zeros, not what an earlier chunk or
+// call left there (it could hold an inf, and 0 * inf = NaN).
+template <typename T>
+void zero_past_last_image(const ShiftedGeometry& g, int64_t blocks, int64_t count, int64_t images, T* planes) {
+  const int64_t planes_size = blocks * images * g.plane;
+  std::fill(planes + planes_size, planes + planes_size + g.slack, T(0));
+  if (count < images)
+    for (int64_t b = 0; b < blocks; ++b) {
+      T* after = planes + (b * images + count) * g.plane;
+      std::fill(after, after + std::min(g.slack, (images - count) * g.plane), T(0));
+    }
+}
+
+// The weight gradient where the packed GEMM computes it (more outputs than dot
+// products suit), with the image transposed once to pixel-major planes. Handed
+// the R*S shifted views of every channel's plane, the GEMM's packing would
+// transpose each plane R*S times (9 for a 3x3 layer: a sixth of the time of
+// 64 -> 64 channels on 56x56). In pixel-major planes xT[pixel][c] the view of tap
+// (r, s) is a row offset, and with the output's columns ordered (r, s, c) each
+// row of a B strip is one or two contiguous copies. The rows of B are the kept
+// output pixels only (o = oh*Wq + ow of each image's plane), so no dropped columns
+// are computed and dY is read as it is:
+//   dW' (Kg x RS*Cg) = dY (Kg x OH*OW) * B,   B[(oh, ow)][(r, s, c)] = xT[o + shift(r, s)][c]
+//   dW[k][c][r][s] = dW'[k][(r, s, c)]
+// Every product is one of the direct convolution's, so unlike the dot products
+// this form needs no test for non-finite input.
+template <typename T>
+void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g, const T* grad_output,
+                                 const T* input, T* grad_weight) {
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S, CRS = Cg * RS;
+  const int64_t L = g.OH * g.OW;
+  const int64_t images = images_per_chunk(double(2 * Cg * g.phases * g.plane + Kg * L) * sizeof(T), p.N);
+  const int64_t pixels = g.phases * images * g.plane;
+  const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
+  std::vector<int64_t> row_off(images * L), col_off(CRS);
+  for (int64_t j = 0; j < images; ++j)
+    for (int64_t oh = 0; oh < g.OH; ++oh)
+      for (int64_t ow = 0; ow < g.OW; ++ow) row_off[(j * g.OH + oh) * g.OW + ow] = (j * g.plane + oh * g.Wq + ow) * Cg;
+  for (int64_t t = 0; t < RS; ++t)
+    for (int64_t c = 0; c < Cg; ++c) col_off[t * Cg + c] = tap_shift[t] * Cg + c;
+  // planes: channel-major, as fill_planes writes them; xT: the same transposed,
+  // with 16 readable elements after it for the gather's whole-vector copies.
+  Scratch<T> planes(WorkspaceSlot::Input, Cg * pixels), xt(WorkspaceSlot::Aux, pixels * Cg + 16),
+      dy(WorkspaceSlot::Output, Kg * images * L), dw(WorkspaceSlot::FiltersAux, Kg * CRS);
+  std::fill(xt.data() + pixels * Cg, xt.data() + pixels * Cg + 16, T(0));
+  for (int64_t gr = 0; gr < p.groups; ++gr) {
+    for (int64_t n0 = 0; n0 < p.N; n0 += images) {
+      const int64_t count = std::min(images, p.N - n0);
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t n = n0 + j;
+        fill_planes(p, g, input + (n * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data());
+        for (int64_t k = 0; k < Kg; ++k) {
+          const T* src = grad_output + (n * p.K + gr * Kg + k) * L;
+          std::copy(src, src + L, dy.data() + (k * images + j) * L);
+        }
+      }
+      transpose_cpu<T>(Cg, pixels, planes.data(), pixels, xt.data(), Cg);
+      gemm_gather_b_cpu<T>(Kg, CRS, count * L, dy.data(), images * L, xt.data(), row_off.data(), col_off.data(),
+                           n0 > 0 ? T(1) : T(0), dw.data(), CRS);
+    }
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t t = 0; t < RS; ++t) grad_weight[((gr * Kg + k) * Cg + c) * RS + t] = dw.data()[k * CRS + t * Cg + c];
+  }
+}
+
 template <typename T>
 bool all_finite(const T* x, int64_t n) {
   unsigned any_not_finite = 0;
@@ -447,6 +517,10 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
     return true;
   }
   const ShiftedGeometry g = shifted_geometry(p);
+  if (!gemm_abt_uses_dot_products(Kg, CRS)) {
+    backward_weight_pixel_major(p, g, grad_output, input, grad_weight);
+    return true;
+  }
   // Images go through in chunks, their planes (and wide dY) laid end to end, so a
   // dot product runs over the whole chunk at once; the chunk is sized by the shape
   // alone (a fixed summation order; see images_per_chunk).
@@ -471,15 +545,8 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
           std::fill(dst + g.wide, dst + g.plane, T(0));
         }
       }
-      // Reads past the chunk's last image: zeros, not what an earlier chunk or
-      // call left there (it could hold an inf, and 0 * inf = NaN).
-      std::fill(planes.data() + planes_size - g.slack, planes.data() + planes_size, T(0));
-      if (count < images)
-        for (int64_t b = 0; b < blocks; ++b) {
-          T* after = planes.data() + (b * images + count) * g.plane;
-          std::fill(after, after + std::min(g.slack, (images - count) * g.plane), T(0));
-        }
       if (!finite) return false;
+      zero_past_last_image(g, blocks, count, images, planes.data());
       // Past the last image's wide columns dY is zero: stop there.
       const int64_t length = (count - 1) * g.plane + g.wide;
       gemm_abt_rows_cpu<T>(Kg, CRS, length, a_rows.data(), b_rows.data(), n0 > 0 ? T(1) : T(0),

@@ -497,7 +497,7 @@ CONVX_SIMD_CLONES void pack_b_gather_strip(const T* base, const int64_t* row_off
 
 template <typename T>
 void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* b_base,
-                       const int64_t* row_off, const int64_t* col_off, T* C, int64_t ldc) {
+                       const int64_t* row_off, const int64_t* col_off, T beta, T* C, int64_t ldc) {
   gemm_blocked<T>(
       M, N, K,
       [=](int64_t i0, int64_t mr, int64_t p0, int64_t kc, T* dst) {
@@ -506,7 +506,28 @@ void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
       [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {
         pack_b_gather_strip<T>(b_base, row_off, col_off, p0, kc, j0, nr, dst);
       },
-      T(0), C, ldc);
+      beta, C, ldc);
+}
+
+namespace {
+template <typename T>
+CONVX_SIMD_CLONES void transpose_block_rows(int64_t i0, int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst,
+                                            int64_t ldd) {
+  constexpr int64_t L = kLanes<T>;
+  if (rows == L)
+    transpose_rows<T, L>(StridedRows<T>{src, lds}, i0, 0, cols, dst + i0, ldd);
+  else
+    transpose_rows_scalar<T>(StridedRows<T>{src, lds}, i0, rows, 0, cols, dst + i0, ldd);
+}
+}  // namespace
+
+template <typename T>
+void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t blocks = (rows + L - 1) / L;
+#pragma omp parallel for schedule(static) if (double(rows) * double(cols) > 262144.0 && !omp_in_parallel())
+  for (int64_t b = 0; b < blocks; ++b)
+    transpose_block_rows<T>(b * L, std::min(L, rows - b * L), cols, src, lds, dst, ldd);
 }
 
 #define CONVX_INSTANTIATE_PACKED(T)                                                                    \
@@ -517,7 +538,8 @@ void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
   template void gemm_packed_cpu<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t);           \
   template void gemm_packed_a_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*, T*, int64_t);  \
   template void gemm_gather_b_cpu<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T*, const int64_t*,      \
-                                     const int64_t*, T*, int64_t);
+                                     const int64_t*, T, T*, int64_t);                                            \
+  template void transpose_cpu<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);
 CONVX_INSTANTIATE_PACKED(float)
 CONVX_INSTANTIATE_PACKED(double)
 #undef CONVX_INSTANTIATE_PACKED
@@ -556,18 +578,22 @@ CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* const* a_rows,
     for (int n = 0; n < BN; ++n) std::memcpy(acc + (m * BN + n) * L, &sum[m][n], sizeof(V));
 }
 
+// The dot products keep BM x BN vectors of partial sums per block, written back
+// every kChunk terms: beyond some 10^4 outputs that traffic and the 10 loads per
+// 24 FMAs lose to the packed GEMM, transposing packs and all. Measured on one
+// core for the shifted-plane weight gradient: a 7x7 stem's 64 x 147 outputs run
+// 10% faster as dot products, 64 x 576 (3x3, 64 channels) 15% slower.
+bool gemm_abt_uses_dot_products(int64_t M, int64_t N) {
+  constexpr int64_t kDotProductMaxOutputs = 16384;
+  return M * N <= kDotProductMaxOutputs;
+}
+
 template <typename T>
 void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, const T* const* B_rows, T beta, T* C,
                        int64_t ldc) {
   constexpr int64_t L = kLanes<T>, BM = 4, BN = 5, kChunk = 1024;
   if (M <= 0 || N <= 0) return;
-  // The dot products keep BM x BN vectors of partial sums per block, written back
-  // every kChunk terms: beyond some 10^4 outputs that traffic and the 10 loads per
-  // 24 FMAs lose to the packed GEMM, transposing packs and all. Measured on one
-  // core for the shifted-plane weight gradient: a 7x7 stem's 64 x 147 outputs run
-  // 10% faster as dot products, 64 x 576 (3x3, 64 channels) 15% slower.
-  constexpr int64_t kDotProductMaxOutputs = 16384;
-  if (M * N > kDotProductMaxOutputs) {
+  if (!gemm_abt_uses_dot_products(M, N)) {
     gemm_blocked<T>(
         M, N, K,
         [=](int64_t i0, int64_t mr, int64_t p0, int64_t kc, T* dst) {
