@@ -85,16 +85,19 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // (512 channels on 7x7: 0.95x against Winograd's 0.87x; a 7x7 image pads to 16
   // tiles covering 8x8). The weight gradient's F(3x3, 2x2) pays its transforms
   // per tile and per input and output channel; it beats the shifted GEMM's
-  // pixel-major form only on products of 16384+ channel pairs over 200+ tiles
-  // (ms on one core, Winograd / shifted: 192 -> 192 on 19x19 at batch 16
-  // 13.3 / 16.2, 128 -> 128 on 28x28 at batch 8 6.8 / 8.2, 256 -> 256 on 19x19 at
-  // batch 2 3.2 / 3.7), and loses on fewer tiles (the AlphaGo body at batch 1:
-  // 1.20 / 1.09; 512 channels on 7x7: 8.9 / 8.5) or narrower layers (64 -> 64 on
-  // 56x56: 10.8 / 9.1; 64 -> 128 on 112x112: 34.7 / 33.5).
+  // pixel-major form on products of 16384+ channel pairs over 200+ tiles (ms on
+  // one core, Winograd / shifted: 192 -> 192 on 19x19 at batch 16 13.3 / 16.2,
+  // 128 -> 128 on 28x28 at batch 8 6.8 / 8.2, 256 -> 256 on 19x19 at batch 2
+  // 3.2 / 3.7), and on gradients too big for L2 (512 channels on 7x7, 9 MB, where
+  // the shifted GEMM's reduction is only 392 pixels long: speed vs torch 2.06x /
+  // 1.90x); it loses on fewer tiles (the AlphaGo body at batch 1: 1.02x / 1.12x)
+  // and on narrower layers (64 -> 64 on 56x56: 10.8 / 9.1 ms; 64 -> 128 on
+  // 112x112: 34.7 / 33.5 ms).
   const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
   if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && tiles >= 64 &&
       (direction != Conv2dDirection::Forward || p.out_h() * p.out_w() >= 64) &&
-      (direction != Conv2dDirection::BackwardWeight || (p.C * p.K >= 16384 && tiles >= 200)))
+      (direction != Conv2dDirection::BackwardWeight || (p.C * p.K >= 16384 && tiles >= 200) ||
+       p.C * p.K >= 131072))
     return Conv2dAlgo::Winograd2x2;
   // A 1x1 layer's GEMM reads the image itself (no im2col): nothing to save.
   if (is_pointwise(p)) return Conv2dAlgo::Im2col;

@@ -174,13 +174,20 @@ struct IntVec<double> {
 // always_inline here and below: the callers are compiled once per instruction set
 // (CONVX_SIMD_CLONES), and a helper left out of line would be compiled for the
 // baseline only, emulating 64-byte shuffles with 16-byte ones.
-template <typename T>
+//
+// With ROWS < L rows (an 8-row A strip of floats), only the log2(ROWS) low bits
+// are swapped: row j then holds L / ROWS rows of the transpose, row j + m * ROWS
+// of it in lanes [m * ROWS, (m + 1) * ROWS). Padding the 8 rows to 16 with zeros
+// instead cost the full 16 x 16 shuffles for half the data (A's packing was 7% of
+// a 5x5 layer's forward).
+template <typename T, int ROWS>
 __attribute__((always_inline)) inline void transpose_in_registers(typename Vec<T>::type* v) {
   typedef typename Vec<T>::type V;
   typedef typename IntVec<T>::type M;
   constexpr int L = int(kLanes<T>);
+  static_assert(ROWS <= L && L % ROWS == 0 && (ROWS & (ROWS - 1)) == 0, "a power-of-two share of the lanes");
 #pragma GCC unroll 4
-  for (int h = L / 2; h >= 1; h /= 2) {
+  for (int h = ROWS / 2; h >= 1; h /= 2) {
     M low, high;
 #pragma GCC unroll 16
     for (int c = 0; c < L; ++c) {
@@ -188,7 +195,7 @@ __attribute__((always_inline)) inline void transpose_in_registers(typename Vec<T
       high[c] = (c & h) ? L + c : c + h;
     }
 #pragma GCC unroll 16
-    for (int i = 0; i < L; ++i)
+    for (int i = 0; i < ROWS; ++i)
       if (!(i & h)) {
         const V a = v[i], b = v[i + h];
         v[i] = __builtin_shuffle(a, b, low);
@@ -198,31 +205,29 @@ __attribute__((always_inline)) inline void transpose_in_registers(typename Vec<T
 }
 
 // dst[p * dst_stride + r] = row(r0 + r)[p0 + p] for r < ROWS, p < kc: kc x ROWS of
-// a transposed, ROWS = L (a B block) or MR (an A strip; padded to L rows with
-// zeros in registers). Whole L x L blocks go through registers; the tail of kc is
-// scalar. ROWS is a template argument so every store has a constant size (a
-// variable-size memcpy became `rep movsq`, slower than the scalar loop).
+// a transposed, ROWS = L (a B block) or MR (an A strip). ROWS x L blocks go
+// through registers; the tail of kc is scalar. ROWS is a template argument so
+// every store has a constant size (a variable-size memcpy became `rep movsq`,
+// slower than the scalar loop).
 template <typename T, int64_t ROWS, typename Rows>
 __attribute__((always_inline)) inline void transpose_rows(Rows row, int64_t r0, int64_t p0, int64_t kc, T* dst,
                                                           int64_t dst_stride) {
   typedef typename Vec<T>::type V;
   constexpr int64_t L = kLanes<T>;
-  static_assert(ROWS <= L, "one block of rows at a time");
   const T* src[ROWS];
   for (int64_t r = 0; r < ROWS; ++r) src[r] = row(r0 + r) + p0;
   int64_t p = 0;
   for (; p + L <= kc; p += L) {
-    V v[L];
+    V v[ROWS];
 #pragma GCC unroll 16
-    for (int64_t r = 0; r < L; ++r) {
-      if (r < ROWS)
-        std::memcpy(&v[r], src[r] + p, sizeof(V));
-      else
-        v[r] = V{};
-    }
-    transpose_in_registers<T>(v);
+    for (int64_t r = 0; r < ROWS; ++r) std::memcpy(&v[r], src[r] + p, sizeof(V));
+    transpose_in_registers<T, int(ROWS)>(v);
 #pragma GCC unroll 16
-    for (int64_t c = 0; c < L; ++c) std::memcpy(dst + (p + c) * dst_stride, &v[c], ROWS * sizeof(T));
+    for (int64_t j = 0; j < ROWS; ++j)
+#pragma GCC unroll 2
+      for (int64_t m = 0; m < L / ROWS; ++m)
+        std::memcpy(dst + (p + j + m * ROWS) * dst_stride, reinterpret_cast<const T*>(&v[j]) + m * ROWS,
+                    ROWS * sizeof(T));
   }
   for (int64_t r = 0; r < ROWS; ++r)
     for (int64_t q = p; q < kc; ++q) dst[q * dst_stride + r] = src[r][q];
