@@ -330,9 +330,12 @@ template <int64_t kRS, typename T>
 void flip_filters_fixed(const T* weight, int64_t groups, int64_t Kg, int64_t Cg, int64_t rs, T* flipped) {
   const int64_t RS = kRS > 0 ? kRS : rs;
   constexpr int64_t kBlock = 16;
+  const int64_t k_blocks = (Kg + kBlock - 1) / kBlock;
+  // Threads take blocks of filters k, which own disjoint runs of `flipped`.
+#pragma omp parallel for collapse(2) schedule(static) if (groups * Kg * Cg * RS > 262144 && !omp_in_parallel())
   for (int64_t gr = 0; gr < groups; ++gr)
-    for (int64_t k0 = 0; k0 < Kg; k0 += kBlock)
-      for (int64_t c0 = 0; c0 < Cg; c0 += kBlock)
+    for (int64_t kb = 0; kb < k_blocks; ++kb)
+      for (int64_t k0 = kb * kBlock, c0 = 0; c0 < Cg; c0 += kBlock)
         for (int64_t c = c0; c < std::min(Cg, c0 + kBlock); ++c)
           for (int64_t k = k0; k < std::min(Kg, k0 + kBlock); ++k) {
             const T* __restrict src = weight + ((gr * Kg + k) * Cg + c) * RS;
