@@ -299,6 +299,9 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (5, 8, 60, 60, 8, 3, 2, 1),    # scatter backward-data of a strided layer, several chunks
     (2, 64, 12, 12, 32, 3, 1, 1),  # 32 x 576 gradient entries: the GEMM over pixel-major planes
     (3, 64, 40, 40, 32, 3, 1, 1),  # the same, one image per chunk: three GEMMs summed
+    (1, 48, 19, 19, 64, 5, 1, 2),  # AlphaGo's input layer: backward-data over pixel-major planes
+    (3, 48, 40, 40, 32, 5, 1, 2),  # the same, one image per chunk
+    (2, 32, 21, 21, 16, 5, 2, 2),  # the same from phase planes (stride 2)
     (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
     (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded: B gathered (dropped columns 50%)
     (2, 64, 7, 7, 32, 3, 1, 1),    # small images side by side in one gathered GEMM, both forwards
@@ -319,11 +322,12 @@ def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, p
        H=st.integers(2, 14), W=st.integers(2, 14), R=st.integers(3, 4), S=st.integers(3, 4),
        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 3)] * 4),
        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), seed=st.integers(0, 2**16))
-def test_shifted_pixel_major_weight_gradient_matches_direct(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation,
-                                                            seed):
-    # Above 16384 entries per group (here 48 x 40 x 9 at least) the shifted weight
-    # gradient is the GEMM over pixel-major planes, B gathered pixel by pixel: its
-    # own offsets for every stride, dilation, padding and group.
+def test_shifted_pixel_major_forms_match_direct(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation, seed):
+    # The GEMMs over pixel-major planes, with their own offsets for every stride,
+    # dilation, padding and group: the weight gradient above 16384 entries per group
+    # (here 48 x 40 x 9 at least), and backward-data with 16+ channels and 400+ taps
+    # where the flipped forward does not apply (any stride but 1, or pads past the
+    # filter's reach; with 64+ channels and stride 1 the flipped forward runs).
     try:
         p = _conv_params(N, Cg * groups, H, W, Kg * groups, pads, R=R, S=S, stride=stride, dilation=dilation,
                          groups=groups)
@@ -331,15 +335,32 @@ def test_shifted_pixel_major_weight_gradient_matches_direct(N, Cg, Kg, groups, H
         return  # the kernel does not fit in the padded image
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((p.N, p.C, p.H, p.W))
+    w = rng.standard_normal((p.K, Cg, R, S))
     gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w()))
-    got, want = np.empty((p.K, Cg, R, S)), np.empty((p.K, Cg, R, S))
-    try:
-        assert _C.conv2d_backward_weight(p, gy, x, got, "shifted") == "shifted"
-    except ValueError as e:
-        assert "algo='shifted' needs" in str(e)
-        return
-    _C.conv2d_backward_weight(p, gy, x, want, "direct")
-    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(want).max()))
+    got = _three_directions(p, "shifted", x, w, None, gy)
+    if got[0] is None:
+        return  # the shifted form does not apply to this layer
+    want = _three_directions(p, "direct", x, w, None, gy)
+    for g, ref in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_shifted_pixel_major_backward_data_keeps_non_finite_weight_to_its_pixels(value):
+    # No fallback either: a bad weight spoils the input pixels it reaches, as in
+    # the direct loops, and no others.
+    p = _conv_params(2, 32, 9, 9, 8, (0, 0, 0, 0), R=5, S=5)
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((8, 32, 5, 5))
+    w[3, 7, 0, 4] = value  # tap (0, 4): reaches columns 4.. of rows ..4 of channel 7
+    gy = rng.standard_normal((2, 8, 5, 5))
+    got, want = np.empty((2, 32, 9, 9)), np.empty((2, 32, 9, 9))
+    assert _C.conv2d_backward_data(p, gy, w, got, "shifted") == "shifted"
+    _C.conv2d_backward_data(p, gy, w, want, "direct")
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want[np.isfinite(want)]).max(),
+                               equal_nan=True)
+    assert np.isfinite(np.delete(got, 7, axis=1)).all() and np.isfinite(got[:, 7, :, :4]).all()
+    assert not np.isfinite(got[:, 7, :5, 4:]).any()
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])

@@ -85,10 +85,13 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
 bool conv2d_shifted_applies(const Conv2dParams& p);
 template <typename T>
 void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output);
-// Backward-data has two forms: the forward of the flipped filters (stride 1, pads
-// within the filter's reach, 64+ input channels per group: its GEMM has C rows),
+// Backward-data has three forms: the forward of the flipped filters (stride 1,
+// pads within the filter's reach, 64+ input channels per group: its GEMM has C
+// rows); else, with 16+ channels and 400+ taps per group, the GEMM over pixel-major
+// planes (any stride: a row per output pixel, a column per tap and channel);
 // else a scatter of W^T dY (any stride: its GEMM has C*R*S rows).
 bool conv2d_shifted_backward_data_flips(const Conv2dParams& p);
+bool conv2d_shifted_backward_data_pixel_major(const Conv2dParams& p);
 // Returns false, having written nothing meaningful, when it would have to take the
 // scatter form with a weight that is not finite (see conv2d_shifted_cpu.cpp); the
 // caller then uses im2col.

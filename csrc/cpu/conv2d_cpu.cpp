@@ -120,7 +120,8 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   //    ahead with up to 64 filters (digits layers 4.6x / 3.3x and 1.17x / 0.90x,
   //    LeNet 6.8x / 6.3x and 1.11x / 1.00x, stem 3.5x / 3.1x), behind with more,
   //    where its wider GEMM costs more than col2im saves (48 -> 192 5x5 on 19x19:
-  //    0.59x / 0.85x);
+  //    0.59x / 0.85x); as the GEMM over pixel-major planes, ahead on layers of 16+
+  //    channels and 400+ taps (the same layer: 0.80 / 0.85 ms);
   //  - weight gradient: ahead on every layer measured. Up to 16384 entries as dot
   //    products (stem 1.08x / 0.66x, digits layers 1.6x / 1.3x), beyond as the
   //    GEMM over pixel-major planes (ms, shifted / im2col: LeNet's second layer
@@ -134,8 +135,10 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   switch (direction) {
     case Conv2dDirection::Forward: return Conv2dAlgo::Shifted;
     case Conv2dDirection::BackwardData:
-      return conv2d_shifted_backward_data_flips(p) || p.filters_per_group() <= 64 ? Conv2dAlgo::Shifted
-                                                                                   : Conv2dAlgo::Im2col;
+      return conv2d_shifted_backward_data_flips(p) || conv2d_shifted_backward_data_pixel_major(p) ||
+                     p.filters_per_group() <= 64
+                 ? Conv2dAlgo::Shifted
+                 : Conv2dAlgo::Im2col;
     case Conv2dDirection::BackwardWeight: return Conv2dAlgo::Shifted;
   }
   return Conv2dAlgo::Im2col;

@@ -20,9 +20,11 @@
 //                    or, where the dropped columns cost more than a copy, B
 //                    gathered column by output pixel into the GEMM's packed strips
 //   backward data    the forward of dY padded by (R-1)*d - pad with the filters
-//                    flipped and transposed (stride 1, 64+ input channels), or
-//                    the adjoint of the forward: col = W^T dY_wide, each row of
-//                    col added into its plane at shift(r, s) (any stride)
+//                    flipped and transposed (stride 1, 64+ input channels); or
+//                    col^T = dY^T W' over the kept pixels, each pixel's row added
+//                    tap by tap into pixel-major planes (16+ channels, 400+
+//                    taps); or the adjoint of the forward: col = W^T dY_wide,
+//                    each row of col added into its plane at shift(r, s)
 //   backward weight  dW (Kg x CRS) = dY_wide * B^T: dot products along q, with dY
 //                    laid out wide and zero in the dropped columns, so those
 //                    columns add nothing; or, for larger gradients, the packed
@@ -310,6 +312,15 @@ bool conv2d_shifted_backward_data_flips(const Conv2dParams& p) {
          q.pad_right >= 0 && planes_are_sensible(q);
 }
 
+// Measured on one core (ms, pixel-major / scatter / im2col): 48 -> 192 5x5 on
+// 19x19 0.80 / 1.10 / 0.85, LeNet's second layer (20 channels, 5x5) 1.25 / 1.80 /
+// 2.00; below 400 taps the scatter keeps up (the digits CNN's 25 -> 50 3x3 layer
+// 1.37 / 1.33 / 1.73), and with few channels per pixel the runs added are too
+// short (LeNet's first layer, one channel: 1.80 / 0.53 / 0.57).
+bool conv2d_shifted_backward_data_pixel_major(const Conv2dParams& p) {
+  return p.channels_per_group() >= 16 && p.channels_per_group() * p.R * p.S >= 400 && planes_are_sensible(p);
+}
+
 template <typename T>
 void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output) {
   if (p.N == 0) return;
@@ -365,6 +376,28 @@ void backward_data_flipped_forward(const Conv2dParams& p, const T* grad_output, 
   Scratch<T> flipped_buffer(WorkspaceSlot::FiltersAux, p.C * Kg * RS);
   flip_filters(weight, p.groups, Kg, Cg, RS, flipped_buffer.data());
   forward_shifted(q, grad_output, static_cast<const T*>(flipped_buffer.data()), static_cast<const T*>(nullptr), grad_input);
+}
+
+// The inverse of fill_planes' layout: the H x W image interiors of `channels`
+// channels of image j (of `images`) out of their phase planes, into `out`
+// (channels x H x W).
+template <typename T>
+void read_plane_interiors(const Conv2dParams& p, const ShiftedGeometry& g, const T* planes, int64_t images, int64_t j,
+                          int64_t channels, T* out) {
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t h = 0; h < p.H; ++h) {
+      const int64_t i = h + p.pad_top, a = i % g.sh;
+      const T* row = planes + ((c * g.phases + a * g.sw) * images + j) * g.plane + (i / g.sh) * g.Wq;
+      T* dst = out + (c * p.H + h) * p.W;
+      if (g.sw == 1) {
+        std::copy(row + p.pad_left, row + p.pad_left + p.W, dst);
+        continue;
+      }
+      for (int64_t w = 0; w < p.W; ++w) {
+        const int64_t x = w + p.pad_left;
+        dst[w] = row[(x % g.sw) * images * g.plane + x / g.sw];
+      }
+    }
 }
 
 // Backward-data by scatter, any stride: the adjoint of the forward, column by
@@ -428,21 +461,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
           const T* __restrict src = col.data() + e * cols + j * g.wide;
           for (int64_t q = 0; q < g.wide; ++q) dst[q] += src[q];
         }
-        for (int64_t c = 0; c < Cg; ++c) {
-          T* out = grad_input + ((n0 + j) * p.C + gr * Cg + c) * p.H * p.W;
-          for (int64_t h = 0; h < p.H; ++h) {
-            const int64_t i = h + p.pad_top, a = i % g.sh;
-            const T* row = image + (c * g.phases + a * g.sw) * g.plane + (i / g.sh) * g.Wq;
-            if (g.sw == 1) {
-              std::copy(row + p.pad_left, row + p.pad_left + p.W, out + h * p.W);
-              continue;
-            }
-            for (int64_t w = 0; w < p.W; ++w) {
-              const int64_t x = w + p.pad_left;
-              out[h * p.W + w] = row[(x % g.sw) * g.plane + x / g.sw];
-            }
-          }
-        }
+        read_plane_interiors(p, g, image, 1, 0, Cg, grad_input + ((n0 + j) * p.C + gr * Cg) * p.H * p.W);
       }
     }
 }
@@ -515,6 +534,66 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
   }
 }
 
+// Backward-data with the gradient built in pixel-major planes, for layers with
+// many filters (where the scatter's wide GEMM, W^T dY_wide, pays for dropped
+// columns over a long reduction) and few channels (too few for the flipped
+// forward). The kept output pixels are the GEMM's rows, so nothing is padded to
+// 48-wide strips but the columns, R*S*Cg of them:
+//   colT (pixels x RS*Cg) = dY^T (pixels x Kg) * W' (Kg x RS*Cg),  W'[k][(r, s, c)] = W[k][c][r][s]
+//   dxT[o + shift(r, s)][c] += colT[o][(r, s, c)]    a run of Cg per pixel and tap
+// then dX is the interior of dxT, transposed back to channel-major planes. Like
+// col2im, but adding runs of Cg channels (48 for the AlphaGo input layer) where
+// col2im adds output rows (19 values). Every product is one of the direct
+// convolution's: no test for non-finite values is needed.
+template <typename T>
+void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
+  const ShiftedGeometry g = shifted_geometry(p);
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S, CRS = Cg * RS;
+  const int64_t L = g.OH * g.OW;
+  const int64_t images =
+      images_per_chunk(double(L * (CRS + Kg) + 2 * Cg * g.phases * g.plane) * sizeof(T), p.N);
+  const int64_t pixels = g.phases * images * g.plane;
+  const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
+  Scratch<T> reordered(WorkspaceSlot::FiltersAux, Kg * CRS), dy(WorkspaceSlot::Aux, Kg * images * L),
+      col(WorkspaceSlot::Output, images * L * CRS), planes(WorkspaceSlot::Input, (pixels + g.slack) * Cg),
+      planes_t(WorkspaceSlot::Patches, pixels * Cg);
+  T* const dx_t = planes.data();  // pixel-major, then transposed into planes_t
+  for (int64_t gr = 0; gr < p.groups; ++gr) {
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t t = 0; t < RS; ++t)
+          reordered.data()[k * CRS + t * Cg + c] = weight[((gr * Kg + k) * Cg + c) * RS + t];
+    for (int64_t n0 = 0; n0 < p.N; n0 += images) {
+      const int64_t count = std::min(images, p.N - n0);
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t j = 0; j < count; ++j) {
+          const T* src = grad_output + ((n0 + j) * p.K + gr * Kg + k) * L;
+          std::copy(src, src + L, dy.data() + k * count * L + j * L);
+        }
+      gemm_cpu<T>(true, false, count * L, CRS, Kg, dy.data(), count * L, reordered.data(), CRS, T(0), col.data(), CRS);
+      std::fill(dx_t, dx_t + (pixels + g.slack) * Cg, T(0));
+      // Images are independent: threads take whole images, each adding its pixels
+      // and taps in one order, so the result does not depend on the thread count.
+#pragma omp parallel for schedule(static) if (count > 1 && double(L) * double(CRS) * count > 65536.0 && !omp_in_parallel())
+      for (int64_t j = 0; j < count; ++j)
+        for (int64_t oh = 0; oh < g.OH; ++oh)
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const int64_t o = j * g.plane + oh * g.Wq + ow;
+            const T* src_row = col.data() + ((j * g.OH + oh) * g.OW + ow) * CRS;
+            for (int64_t t = 0; t < RS; ++t) {
+              T* __restrict dst = dx_t + (o + tap_shift[t]) * Cg;
+              const T* __restrict src = src_row + t * Cg;
+              for (int64_t c = 0; c < Cg; ++c) dst[c] += src[c];
+            }
+          }
+      transpose_cpu<T>(pixels, Cg, dx_t, Cg, planes_t.data(), pixels);
+      for (int64_t j = 0; j < count; ++j)
+        read_plane_interiors(p, g, planes_t.data(), images, j, Cg,
+                             grad_input + ((n0 + j) * p.C + gr * Cg) * p.H * p.W);
+    }
+  }
+}
+
 template <typename T>
 bool all_finite(const T* x, int64_t n) {
   unsigned any_not_finite = 0;
@@ -529,6 +608,10 @@ bool conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_outpu
   if (p.N == 0) return true;
   if (conv2d_shifted_backward_data_flips(p)) {
     backward_data_flipped_forward(p, grad_output, weight, grad_input);
+    return true;
+  }
+  if (conv2d_shifted_backward_data_pixel_major(p)) {
+    backward_data_pixel_major(p, grad_output, weight, grad_input);
     return true;
   }
   // The scatter adds the dropped columns' products, zero unless a weight is not
