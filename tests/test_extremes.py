@@ -145,6 +145,9 @@ digest(*tensors((64, 20, 12, 12), (50, 20, 5, 5), (50,)), ("im2col",), (2, 2))
 # GEMM (one image), dot products and the packed form of its weight gradient
 digest(*tensors((8, 3, 40, 40), (16, 3, 7, 7), (16,)), ("shifted",), (2, 2))
 digest(*tensors((1, 64, 30, 30), (64, 64, 3, 3), (64,)), ("shifted",), (2, 2))
+# the pixel-major backward-data (16 channels, 5x5): images shared by the threads'
+# adds, in two chunks
+digest(*tensors((6, 16, 21, 21), (32, 16, 5, 5), (32,)), ("shifted",), (2, 2))
 print(h.hexdigest())
 """
 
