@@ -63,9 +63,26 @@ struct PackedALayout {
   }
 };
 PackedALayout gemm_packed_a_layout(int64_t M, int64_t K);
-// Packs the row-major M x K matrix A (row stride lda).
+// An A operand stored along the reduction in segments of seg_len elements:
+// A[m][e] = base[m * row_stride + (e / seg_len) * seg_stride + e % seg_len]. A
+// row-major matrix is one segment (plain); the filters of the flipped-forward
+// backward-data pass, W'[c][(k, t)] = W[k][c][t], are segments of the R*S taps
+// of one filter, C*R*S apart, read without writing the flipped copy.
+// `end`, if set, bounds the memory that may be read (one past the last readable
+// element): segments shorter than a vector are then packed by whole-vector loads
+// where those stay below it.
 template <typename T>
-void gemm_pack_a(int64_t M, int64_t K, const T* A, int64_t lda, T* dst);
+struct SegmentedRows {
+  const T* base;
+  int64_t row_stride, seg_stride, seg_len;
+  const T* end = nullptr;
+  static SegmentedRows plain(const T* A, int64_t lda, int64_t K) {
+    return SegmentedRows{A, lda, 0, std::max<int64_t>(K, 1)};
+  }
+};
+// Packs the M x K operand A.
+template <typename T>
+void gemm_pack_a(int64_t M, int64_t K, SegmentedRows<T> A, T* dst);
 // C (M x N, row stride ldc) = A * B from packed operands.
 template <typename T>
 void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* b_packed, T* C, int64_t ldc);
@@ -77,14 +94,14 @@ void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T
 template <typename T>
 void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows, T* C,
                               int64_t ldc);
-// C (M x N, row stride ldc) = A (M x K, row stride lda) * B + beta * C, where
+// C (M x N, row stride ldc) = A (M x K) * B + beta * C, where
 // B[k][n] = b_base[row_off[k] + col_off[n]] is gathered straight into the GEMM's
 // packed strips (the shifted-plane convolution's im2col matrix, never written
 // out). Each run of consecutive col_off values is read 16 elements at a time:
 // b_base must be readable 16 elements past b_base[row_off[k] + col_off[n]] for
 // every k and n.
 template <typename T>
-void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* b_base,
+void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, SegmentedRows<T> A, const T* b_base,
                        const int64_t* row_off, const int64_t* col_off, T beta, T* C, int64_t ldc);
 // Whether gemm_abt_rows_cpu computes an M x N product as dot products (else as
 // the packed GEMM, transposing both operands into its strips).

@@ -188,12 +188,11 @@ inline bool share_jobs_between_threads(int64_t jobs) {
 // layer on 19x19), and images side by side in one GEMM (small images fill its
 // strips), for one copy of the im2col matrix's size, made strip by strip in cache.
 template <typename T>
-void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* input, const T* weight, const T* bias,
-                      T* output) {
+void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* input, SegmentedRows<T> filters,
+                      const std::vector<int64_t>& shift, const T* bias, T* output) {
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t L = g.OH * g.OW, image_planes = Cg * g.phases * g.plane;
   const int64_t images = images_per_chunk(double(image_planes + Kg * L) * sizeof(T), p.N);
-  const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
   std::vector<int64_t> col_off(images * L);
   for (int64_t j = 0; j < images; ++j)
     for (int64_t oh = 0; oh < g.OH; ++oh)
@@ -207,8 +206,10 @@ void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* 
         fill_planes(p, g, input + ((n0 + j) * p.C + gr * Cg) * p.H * p.W, Cg, 0, 1,
                     planes.data() + j * image_planes);
       std::fill(planes.data() + count * image_planes, planes.data() + count * image_planes + g.slack, T(0));
-      gemm_gather_b_cpu<T>(Kg, count * L, CRS, weight + gr * Kg * CRS, CRS, planes.data(), shift.data(),
-                           col_off.data(), T(0), out.data(), count * L);
+      SegmentedRows<T> group_filters = filters;
+      group_filters.base += gr * Kg * CRS;
+      gemm_gather_b_cpu<T>(Kg, count * L, CRS, group_filters, planes.data(), shift.data(), col_off.data(), T(0),
+                           out.data(), count * L);
       for (int64_t j = 0; j < count; ++j)
         for (int64_t k = 0; k < Kg; ++k) {
           const T b = bias ? bias[gr * Kg + k] : T(0);
@@ -219,11 +220,18 @@ void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* 
     }
 }
 
-// The forward pass with filters given per group as Kg x CRS rows (weight may be a
-// transformed copy: backward-data passes the flipped, transposed filters).
+// The forward pass with the filters of each group as a Kg x CRS operand, group gr
+// at filters.base + gr * Kg * CRS. With reverse_taps, column (c, t) of the
+// filters multiplies tap R*S - 1 - t: backward-data passes the original weight
+// read as the transposed filters, and the flip lands on the taps' shifts.
 template <typename T>
-void forward_shifted(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output) {
+void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> filters, bool reverse_taps, const T* bias,
+                     T* output) {
   const ShiftedGeometry g = shifted_geometry(p);
+  const int64_t RS = p.R * p.S;
+  std::vector<int64_t> shift = row_shifts(p, g, p.channels_per_group(), 1);
+  if (reverse_taps)
+    for (int64_t c = 0; c < p.channels_per_group(); ++c) std::reverse(shift.begin() + c * RS, shift.begin() + (c + 1) * RS);
   // Reading B in place costs the dropped columns and, per image, a last partial
   // strip; gathering B costs a copy of it. Measured on one core (speed vs torch,
   // in place / gathered): where the in-place columns exceed the kept ones by 20%+
@@ -233,15 +241,17 @@ void forward_shifted(const Conv2dParams& p, const T* input, const T* weight, con
   // 56x56 1.00x / 0.87x, LeNet's first layer (C*R*S = 25) 1.32x / 1.10x.
   const int64_t in_place_cols = (g.wide + 15) / 16 * 16, kept_cols = g.OH * g.OW;
   if (double(in_place_cols) >= 1.2 * double(kept_cols) && p.channels_per_group() * p.R * p.S >= 256) {
-    forward_gathered(p, g, input, weight, bias, output);
+    forward_gathered(p, g, input, filters, shift, bias, output);
     return;
   }
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t a_size = gemm_packed_a_size<T>(Kg, CRS);
   Scratch<T> a_packed(WorkspaceSlot::Filters, p.groups * a_size);
-  for (int64_t gr = 0; gr < p.groups; ++gr)
-    gemm_pack_a<T>(Kg, CRS, weight + gr * Kg * CRS, CRS, a_packed.data() + gr * a_size);
-  const std::vector<int64_t> shift = row_shifts(p, g, Cg, 1);
+  for (int64_t gr = 0; gr < p.groups; ++gr) {
+    SegmentedRows<T> group_filters = filters;
+    group_filters.base += gr * Kg * CRS;
+    gemm_pack_a<T>(Kg, CRS, group_filters, a_packed.data() + gr * a_size);
+  }
   const int64_t planes_size = Cg * g.phases * g.plane + g.slack, wide_size = Kg * g.wide;
 
   const auto run = [&](int64_t job, T* planes, T* wide, const T** rows) {
@@ -324,45 +334,11 @@ bool conv2d_shifted_backward_data_pixel_major(const Conv2dParams& p) {
 template <typename T>
 void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output) {
   if (p.N == 0) return;
-  forward_shifted(p, input, weight, bias, output);
+  const int64_t CRS = p.channels_per_group() * p.R * p.S;
+  forward_shifted(p, input, SegmentedRows<T>::plain(weight, CRS, CRS), false, bias, output);
 }
 
 namespace {
-
-// flipped[gr][c][k][RS - 1 - t] = weight[gr][k][c][t]: the filters rotated by 180
-// degrees, with in and out channels swapped, a transpose of Kg x Cg filters. In
-// 16 x 16 blocks of filters, so that reads and writes each stay in 16 runs
-// (filter by filter, one side jumps by the whole matrix row: a new page per
-// filter for 512 channels), and with RS a compile-time constant for the common
-// sizes, so each filter's copy is straight-line code. Together they took the
-// flip from 20% to 13% of the backward-data time for 512 channels on 7x7 (the
-// rest is the 9 MB read and written: beyond L2, it runs at memory speed).
-template <int64_t kRS, typename T>
-void flip_filters_fixed(const T* weight, int64_t groups, int64_t Kg, int64_t Cg, int64_t rs, T* flipped) {
-  const int64_t RS = kRS > 0 ? kRS : rs;
-  constexpr int64_t kBlock = 16;
-  const int64_t k_blocks = (Kg + kBlock - 1) / kBlock;
-  // Threads take blocks of filters k, which own disjoint runs of `flipped`.
-#pragma omp parallel for collapse(2) schedule(static) if (groups * Kg * Cg * RS > 262144 && !omp_in_parallel())
-  for (int64_t gr = 0; gr < groups; ++gr)
-    for (int64_t kb = 0; kb < k_blocks; ++kb)
-      for (int64_t k0 = kb * kBlock, c0 = 0; c0 < Cg; c0 += kBlock)
-        for (int64_t c = c0; c < std::min(Cg, c0 + kBlock); ++c)
-          for (int64_t k = k0; k < std::min(Kg, k0 + kBlock); ++k) {
-            const T* __restrict src = weight + ((gr * Kg + k) * Cg + c) * RS;
-            T* __restrict dst = flipped + ((gr * Cg + c) * Kg + k) * RS;
-            for (int64_t t = 0; t < RS; ++t) dst[RS - 1 - t] = src[t];
-          }
-}
-
-template <typename T>
-void flip_filters(const T* weight, int64_t groups, int64_t Kg, int64_t Cg, int64_t RS, T* flipped) {
-  switch (RS) {
-    case 9: flip_filters_fixed<9>(weight, groups, Kg, Cg, RS, flipped); return;
-    case 25: flip_filters_fixed<25>(weight, groups, Kg, Cg, RS, flipped); return;
-    default: flip_filters_fixed<0>(weight, groups, Kg, Cg, RS, flipped); return;
-  }
-}
 
 // Backward-data as the forward of the flipped filters: dX[c, h, w] = sum over k, r, s
 // of W[k, c, r, s] * dY[k, h + pad - r*d, w + pad - s*d]; with r' = R-1-r this is a
@@ -372,10 +348,13 @@ void flip_filters(const T* weight, int64_t groups, int64_t Kg, int64_t Cg, int64
 template <typename T>
 void backward_data_flipped_forward(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
   const Conv2dParams q = backward_data_as_forward(p);
-  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S;
-  Scratch<T> flipped_buffer(WorkspaceSlot::FiltersAux, p.C * Kg * RS);
-  flip_filters(weight, p.groups, Kg, Cg, RS, flipped_buffer.data());
-  forward_shifted(q, grad_output, static_cast<const T*>(flipped_buffer.data()), static_cast<const T*>(nullptr), grad_input);
+  // q's filter (c, k) is the weight's (k, c) rotated: read as q's c x (k, t)
+  // operand, rows c are R*S apart and filters k C*R*S apart, and the rotation is
+  // taken by the taps' shifts. Writing the flipped copy instead read and wrote
+  // all the weights once more (13% of the time for 512 channels on 7x7).
+  const int64_t RS = p.R * p.S, CRS = p.channels_per_group() * RS;
+  forward_shifted(q, grad_output, SegmentedRows<T>{weight, RS, CRS, RS, weight + p.weight_numel()}, true,
+                  static_cast<const T*>(nullptr), grad_input);
 }
 
 // The inverse of fill_planes' layout: the H x W image interiors of `channels`
@@ -426,7 +405,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   for (int64_t gr = 0; gr < p.groups; ++gr) {
     for (int64_t k = 0; k < Kg; ++k)
       for (int64_t e = 0; e < CRS; ++e) transposed.data()[e * Kg + k] = weight[(gr * Kg + k) * CRS + e];
-    gemm_pack_a<T>(CRS, Kg, transposed.data(), Kg, a_packed.data() + gr * a_size);
+    gemm_pack_a<T>(CRS, Kg, SegmentedRows<T>::plain(transposed.data(), Kg, Kg), a_packed.data() + gr * a_size);
   }
   // dY rows are read in whole vectors: 16 elements of slack after the last.
   Scratch<T> dy_wide(WorkspaceSlot::Aux, Kg * cols + 16), col(WorkspaceSlot::Output, CRS * cols),
@@ -525,8 +504,8 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
         }
       }
       transpose_cpu<T>(Cg, pixels, planes.data(), pixels, xt.data(), Cg);
-      gemm_gather_b_cpu<T>(Kg, CRS, count * L, dy.data(), images * L, xt.data(), row_off.data(), col_off.data(),
-                           n0 > 0 ? T(1) : T(0), dw.data(), CRS);
+      gemm_gather_b_cpu<T>(Kg, CRS, count * L, SegmentedRows<T>::plain(dy.data(), images * L, count * L), xt.data(),
+                           row_off.data(), col_off.data(), n0 > 0 ? T(1) : T(0), dw.data(), CRS);
     }
     for (int64_t k = 0; k < Kg; ++k)
       for (int64_t c = 0; c < Cg; ++c)
