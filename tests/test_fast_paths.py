@@ -387,20 +387,21 @@ def test_shifted_pixel_major_weight_gradient_keeps_non_finite_input_to_its_taps(
     (2, 64, 12, 24, 2),  # 4 taps: several segments in one vector
     (2, 64, 12, 24, 5),  # 25 taps: longer than a vector
 ])
-def test_shifted_flipped_backward_data_in_float32(N, C, H, K, R):
-    # The flipped forward reads the weight as its transposed filters, segment by
-    # segment of R*S taps: segments shorter than a float32 vector are loaded as
-    # whole vectors (float64 vectors are 8 wide, so the float64 tests above do not
-    # reach that path).
+def test_shifted_gradients_in_float32(N, C, H, K, R):
+    # Paths that depend on the vector width, which is 16 floats but 8 doubles, so
+    # the float64 tests above do not reach them: the flipped forward reads the
+    # weight as its transposed filters, segment by segment of R*S taps, loading
+    # segments shorter than a vector as whole vectors; the pixel-major weight
+    # gradient reads B in place when the channels fill whole vectors (64 and 96).
     pad = (R - 1) // 2
     p = _conv_params(N, C, H, H, K, (pad, R - 1 - pad, pad, R - 1 - pad), R=R, S=R)
     rng = np.random.default_rng(9)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
     w = rng.standard_normal((K, C, R, R)).astype(np.float32)
     gy = rng.standard_normal((N, K, p.out_h(), p.out_w())).astype(np.float32)
-    got, want = np.empty((N, C, H, H), np.float32), np.empty((N, C, H, H), np.float32)
-    assert _C.conv2d_backward_data(p, gy, w, got, "shifted") == "shifted"
-    _C.conv2d_backward_data(p, gy, w, want, "direct")
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    for got, want in zip(_three_directions(p, "shifted", x, w, None, gy)[1:],
+                         _three_directions(p, "direct", x, w, None, gy)[1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_shifted_refuses_padding_that_dominates_the_image():

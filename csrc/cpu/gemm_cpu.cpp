@@ -65,20 +65,29 @@ constexpr int64_t kKC = 256;
 constexpr int64_t kMC = 192;
 constexpr int64_t kNC = 4080;  // a multiple of NR for float (48) and double (24)
 
-// Where the micro-kernel finds row p of a B strip: the NV vectors at at(p).
+// Where the micro-kernel finds vector v of row p of a B strip: vec(p, v).
 // Packed: rows kNV vectors apart in one contiguous strip. Rows: B read in place
 // through one pointer per row (the shifted-plane convolution's B is a slice of the
 // image itself, so it needs no packed copy), starting at column j of the row.
+// Split rows: each vector of the strip at its own offset from the row pointer
+// (pixel-major planes, where a strip's 16-column vectors may belong to
+// different filter taps).
 template <typename T>
 struct PackedStrip {
   const T* strip;
-  const T* at(int64_t p) const { return strip + p * kNV * kLanes<T>; }
+  const T* vec(int64_t p, int v) const { return strip + (p * kNV + v) * kLanes<T>; }
 };
 template <typename T>
 struct RowStrip {
   const T* const* rows;
   int64_t j;
-  const T* at(int64_t p) const { return rows[p] + j; }
+  const T* vec(int64_t p, int v) const { return rows[p] + j + v * kLanes<T>; }
+};
+template <typename T>
+struct SplitRowStrip {
+  const T* const* rows;
+  int64_t off[kNV];
+  const T* vec(int64_t p, int v) const { return rows[p] + off[v]; }
 };
 
 // acc[MR][NV] += A strip (kc x MR, packed by k) times the first NV vectors of the
@@ -97,10 +106,9 @@ CONVX_SIMD_CLONES void micro_kernel(int64_t kc, const T* __restrict a_packed, BS
     for (int v = 0; v < NV; ++v) acc[i][v] = V{};
   for (int64_t p = 0; p < kc; ++p) {
     // memcpy: an unaligned load, so B needs no 64-byte alignment.
-    const T* b_row = b.at(p);
     V bv[NV];
 #pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b_row + v * L, sizeof(V));
+    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b.vec(p, v), sizeof(V));
     const T* a = a_packed + p * kMR;
 #pragma GCC unroll 8
     for (int64_t i = 0; i < kMR; ++i)
@@ -458,11 +466,13 @@ namespace {
 // in L1 and streams the A strips of an MC block past it; K blocks run in sequence,
 // so every C element sums in a fixed order for any thread count.
 template <typename T, typename MakeStrip>
-void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, MakeStrip strip, T* C, int64_t ldc) {
+void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, MakeStrip strip, T* C, int64_t ldc,
+                          T beta = T(0)) {
   constexpr int64_t NR = kNR<T>;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
-    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
+    if (beta == T(0))
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
     return;
   }
   const int64_t Mp = (M + kMR - 1) / kMR * kMR;
@@ -478,7 +488,7 @@ void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, Ma
         for (int64_t is = ic; is < ic_end; ++is) {
           const int64_t i = is * kMR, j = js * NR;
           run_micro_kernel<T>(kc, ap + is * kc * kMR, strip(js, p0), C + i * ldc + j, ldc, std::min(kMR, M - i),
-                              std::min(NR, N - j), p0 > 0);
+                              std::min(NR, N - j), p0 > 0 || beta != T(0));
         }
     }
   }
@@ -502,6 +512,21 @@ void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed
                               int64_t ldc) {
   gemm_packed_a_driver<T>(
       M, N, K, a_packed, [=](int64_t js, int64_t p0) { return RowStrip<T>{b_rows + p0, js * kNR<T>}; }, C, ldc);
+}
+
+template <typename T>
+void gemm_packed_a_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows,
+                                    const int64_t* vec_off, T beta, T* C, int64_t ldc) {
+  constexpr int64_t NV = kNV;
+  gemm_packed_a_driver<T>(
+      M, N, K, a_packed,
+      [=](int64_t js, int64_t p0) {
+        SplitRowStrip<T> strip{b_rows + p0, {}};
+        const int64_t vectors = (N + kLanes<T> - 1) / kLanes<T>;
+        for (int64_t v = 0; v < NV; ++v) strip.off[v] = vec_off[std::min(js * NV + v, vectors - 1)];
+        return strip;
+      },
+      C, ldc, beta);
 }
 
 // Packs B[p0:p0+kc, j0:j0+nr] for B[k][n] = base[row_off[k] + col_off[n]]: the
@@ -578,6 +603,8 @@ void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst
   template void gemm_pack_a<T>(int64_t, int64_t, SegmentedRows<T>, T*);                               \
   template void gemm_packed_cpu<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t);           \
   template void gemm_packed_a_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*, T*, int64_t);  \
+  template void gemm_packed_a_split_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*,          \
+                                                  const int64_t*, T, T*, int64_t);                               \
   template void gemm_gather_b_cpu<T>(int64_t, int64_t, int64_t, SegmentedRows<T>, const T*, const int64_t*,      \
                                      const int64_t*, T, T*, int64_t);                                            \
   template void transpose_cpu<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);
