@@ -94,8 +94,8 @@ void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T
 template <typename T>
 void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows, T* C,
                               int64_t ldc);
-// C (M x N, row stride ldc) = A * B + beta * C with A packed and B read in place
-// one 16-column vector at a time (8 for double): vector v of row k is
+// C (M x N, row stride ldc) = A * B + beta * C (beta 0 or 1) with A packed and B
+// read in place one 16-column vector at a time (8 for double): vector v of row k is
 // b_rows[k][vec_off[v] .. + lanes), for B whose vectors lie in different places
 // (the pixel-major weight gradient's columns, a run of channels per filter tap).
 // N must be a whole number of vectors.
@@ -107,7 +107,7 @@ template <typename T>
 constexpr int64_t gemm_vector_lanes() {
   return gemm_micro_tile_cols<T>() / 3;
 }
-// C (M x N, row stride ldc) = A (M x K) * B + beta * C, where
+// C (M x N, row stride ldc) = A (M x K) * B + beta * C (beta 0 or 1), where
 // B[k][n] = b_base[row_off[k] + col_off[n]] is gathered straight into the GEMM's
 // packed strips (the shifted-plane convolution's im2col matrix, never written
 // out). Each run of consecutive col_off values is read 16 elements at a time:

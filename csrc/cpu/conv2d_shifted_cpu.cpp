@@ -557,9 +557,11 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
   Scratch<T> reordered(WorkspaceSlot::FiltersAux, Kg * CRS), dy(WorkspaceSlot::Aux, Kg * images * L),
-      col(WorkspaceSlot::Output, images * L * CRS), planes(WorkspaceSlot::Input, (pixels + g.slack) * Cg),
+      col(WorkspaceSlot::Output, images * L * CRS), planes(WorkspaceSlot::Input, pixels * Cg),
       planes_t(WorkspaceSlot::Patches, pixels * Cg);
-  T* const dx_t = planes.data();  // pixel-major, then transposed into planes_t
+  // Pixel-major, then transposed into planes_t. A kept pixel's taps all lie inside
+  // its image's planes, so the adds need no slack past them.
+  T* const dx_t = planes.data();
   for (int64_t gr = 0; gr < p.groups; ++gr) {
     for (int64_t k = 0; k < Kg; ++k)
       for (int64_t c = 0; c < Cg; ++c)
@@ -573,7 +575,7 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
           std::copy(src, src + L, dy.data() + k * count * L + j * L);
         }
       gemm_cpu<T>(true, false, count * L, CRS, Kg, dy.data(), count * L, reordered.data(), CRS, T(0), col.data(), CRS);
-      std::fill(dx_t, dx_t + (pixels + g.slack) * Cg, T(0));
+      std::fill(dx_t, dx_t + pixels * Cg, T(0));
       // Images are independent: threads take whole images, each adding its pixels
       // and taps in one order, so the result does not depend on the thread count.
 #pragma omp parallel for schedule(static) if (count > 1 && double(L) * double(CRS) * count > 65536.0 && !omp_in_parallel())
