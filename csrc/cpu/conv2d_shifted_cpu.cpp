@@ -403,8 +403,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
   Scratch<T> a_packed(WorkspaceSlot::Filters, p.groups * a_size), transposed(WorkspaceSlot::FiltersAux, CRS * Kg);
   for (int64_t gr = 0; gr < p.groups; ++gr) {
-    for (int64_t k = 0; k < Kg; ++k)
-      for (int64_t e = 0; e < CRS; ++e) transposed.data()[e * Kg + k] = weight[(gr * Kg + k) * CRS + e];
+    transpose_cpu<T>(Kg, CRS, weight + gr * Kg * CRS, CRS, transposed.data(), Kg);
     gemm_pack_a<T>(CRS, Kg, SegmentedRows<T>::plain(transposed.data(), Kg, Kg), a_packed.data() + gr * a_size);
   }
   // dY rows are read in whole vectors: 16 elements of slack after the last.
