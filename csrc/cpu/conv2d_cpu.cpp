@@ -84,8 +84,9 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // Below 8x8 outputs per image the forward goes to the shifted GEMM instead
   // (512 channels on 7x7: 0.95x against Winograd's 0.87x; a 7x7 image pads to 16
   // tiles covering 8x8), and so does the backward-data pass where the shifted
-  // form runs it as a forward (the same layer: 0.88x against 0.84x). The weight gradient's F(3x3, 2x2) pays its transforms
-  // per tile and per input and output channel; it beats the shifted GEMM's
+  // form runs it as a forward (the same layer: 0.88x against 0.84x). The weight
+  // gradient's F(3x3, 2x2) pays its transforms per tile and per input and output
+  // channel; it beats the shifted GEMM's
   // pixel-major form on products of 16384+ channel pairs over 200+ tiles (ms on
   // one core, Winograd / shifted: 192 -> 192 on 19x19 at batch 16 13.3 / 16.2,
   // 128 -> 128 on 28x28 at batch 8 6.8 / 8.2, 256 -> 256 on 19x19 at batch 2
@@ -540,7 +541,8 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   const bool grouped = blocks.whole_images && partials >= 2 &&
                        double(partials) * double(Kg * CRS) * sizeof(T) <= 4.0 * 1024 * 1024;
   if (!grouped) {
-    Scratch<T> col(WorkspaceSlot::Input, CRS * widest), gy_block(WorkspaceSlot::Aux, blocks.whole_images ? Kg * widest : 0);
+    Scratch<T> col(WorkspaceSlot::Input, CRS * widest),
+        gy_block(WorkspaceSlot::Aux, blocks.whole_images ? Kg * widest : 0);
     for (int64_t g = 0; g < p.groups; ++g)
       for (int64_t i = 0; i < nb; ++i)
         add_block(g, blocks.list[i], i == 0, grad_weight + g * Kg * CRS, col.data(), gy_block.data());

@@ -231,7 +231,8 @@ void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> fil
   const int64_t RS = p.R * p.S;
   std::vector<int64_t> shift = row_shifts(p, g, p.channels_per_group(), 1);
   if (reverse_taps)
-    for (int64_t c = 0; c < p.channels_per_group(); ++c) std::reverse(shift.begin() + c * RS, shift.begin() + (c + 1) * RS);
+    for (int64_t c = 0; c < p.channels_per_group(); ++c)
+      std::reverse(shift.begin() + c * RS, shift.begin() + (c + 1) * RS);
   // Reading B in place costs the dropped columns and, per image, a last partial
   // strip; gathering B costs a copy of it. Measured on one core (speed vs torch,
   // in place / gathered): where the in-place columns exceed the kept ones by 20%+
@@ -577,7 +578,8 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
       std::fill(dx_t, dx_t + pixels * Cg, T(0));
       // Images are independent: threads take whole images, each adding its pixels
       // and taps in one order, so the result does not depend on the thread count.
-#pragma omp parallel for schedule(static) if (count > 1 && double(L) * double(CRS) * count > 65536.0 && !omp_in_parallel())
+#pragma omp parallel for schedule(static) \
+    if (count > 1 && double(L) * double(CRS) * count > 65536.0 && !omp_in_parallel())
       for (int64_t j = 0; j < count; ++j)
         for (int64_t oh = 0; oh < g.OH; ++oh)
           for (int64_t ow = 0; ow < g.OW; ++ow) {
