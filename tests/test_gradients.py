@@ -397,6 +397,61 @@ def test_conv2d_no_grad_mode(algo):
     torch.testing.assert_close(out2, out, rtol=0, atol=0)
 
 
+def _count_function_applies(monkeypatch):
+    """Counts, per autograd Function of convx, how often its apply runs."""
+    import convx.autograd as cxa
+    counts = {}
+    for name in dir(cxa):
+        cls = getattr(cxa, name)
+        if isinstance(cls, type) and issubclass(cls, torch.autograd.Function) and cls.__module__ == cxa.__name__:
+            def counted(*args, _cls=cls, _apply=cls.apply):
+                counts[_cls.__name__] = counts.get(_cls.__name__, 0) + 1
+                return _apply(*args)
+            monkeypatch.setattr(cls, "apply", counted)
+    return counts
+
+
+def test_functions_recorded_only_when_autograd_records(monkeypatch):
+    # The autograd Functions cost tens of microseconds of Python a call, so the
+    # ops record one only when autograd would record anything; inference and
+    # first-order backward passes run the kernels directly. Gradients must be
+    # the same either way, and create_graph must still give a graph.
+    counts = _count_function_applies(monkeypatch)
+    gen = torch.Generator().manual_seed(24)
+    x, w, b = _rand(gen, 2, 3, 7, 6), _rand(gen, 4, 3, 3, 3), _rand(gen, 4)
+
+    def net(x, w, b):
+        y = CF.max_pool2d(CF.conv2d(x, w, b, padding=1), 2, 1)
+        return CF.fold(CF.unfold(y, 2), (y.shape[2], y.shape[3]), 2)
+
+    def ref(x, w, b):
+        y = F.max_pool2d(F.conv2d(x, w, b, padding=1), 2, 1)
+        return F.fold(F.unfold(y, 2), (y.shape[2], y.shape[3]), 2)
+
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, w, b), ref(x, w, b), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(net(x, w, b), ref(x, w, b), rtol=1e-12, atol=1e-12)  # nothing requires grad
+    assert counts == {}
+
+    ours = [t.clone().requires_grad_() for t in (x, w, b)]
+    theirs = [t.clone().requires_grad_() for t in (x, w, b)]
+    g = _rand(gen, *ref(x, w, b).shape)
+    net(*ours).backward(g)
+    ref(*theirs).backward(g)
+    forward_only = {"Conv2dFunction": 1, "MaxPool2dFunction": 1, "UnfoldFunction": 1, "FoldFunction": 1}
+    assert counts == forward_only  # the backward passes ran the kernels directly
+    for a, e in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-12, atol=1e-12)
+
+    counts.clear()
+    gx = torch.autograd.grad((net(*ours) * g).sum(), ours[0], create_graph=True)[0]
+    assert counts.get("Conv2dBackwardDataFunction") == 1  # gx depends on w: create_graph records it
+    gx_ref = torch.autograd.grad((ref(*theirs) * g).sum(), theirs[0], create_graph=True)[0]
+    gw = torch.autograd.grad((gx * gx).sum(), ours[1])[0]
+    gw_ref = torch.autograd.grad((gx_ref * gx_ref).sum(), theirs[1])[0]
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("op", ["conv_direct", "conv_im2col", "pool", "unfold", "fold"])
 @pytest.mark.parametrize("grad_kind", ["sum", "transposed", "sliced"])
 def test_noncontiguous_upstream_gradient(op, grad_kind):

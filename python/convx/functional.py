@@ -113,9 +113,9 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
         out = _kernels.conv2d_forward(p, x, _contiguous_numpy(weight), b, algo)
         return out if batched else out[0]
 
-    from .autograd import Conv2dFunction
+    from . import autograd
     x = (input if batched else input.unsqueeze(0)).contiguous()
-    out = Conv2dFunction.apply(x, weight.contiguous(), None if bias is None else bias.contiguous(), p, algo)
+    out = autograd.conv2d(x, weight.contiguous(), None if bias is None else bias.contiguous(), p, algo)
     if not batched:
         return out.squeeze(0)
     if is_channels_last(input) or is_channels_last(weight):
@@ -167,9 +167,9 @@ def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, pa
             out, indices = out[0], indices[0]
         return (out, indices) if return_indices else out
 
-    from .autograd import MaxPool2dFunction
+    from . import autograd
     x = (input if batched else input.unsqueeze(0)).contiguous()
-    out, indices = MaxPool2dFunction.apply(x, p)
+    out, indices = autograd.max_pool2d(x, p)
     if not batched:
         out, indices = out.squeeze(0), indices.squeeze(0)
     elif is_channels_last(input):
@@ -210,8 +210,8 @@ def unfold(input, kernel_size: IntPair, dilation: IntPair = 1, padding: IntPair 
     if kind == "numpy":
         out = _kernels.im2col(p, N, _contiguous_numpy(input if batched else input[None]))
         return out if batched else out[0]
-    from .autograd import UnfoldFunction
-    out = UnfoldFunction.apply((input if batched else input.unsqueeze(0)).contiguous(), p)
+    from . import autograd
+    out = autograd.unfold((input if batched else input.unsqueeze(0)).contiguous(), p)
     return out if batched else out.squeeze(0)
 
 
@@ -241,6 +241,6 @@ def fold(input, output_size: IntPair, kernel_size: IntPair, dilation: IntPair = 
     if kind == "numpy":
         out = _kernels.col2im(p, N, _contiguous_numpy(input if batched else input[None]))
         return out if batched else out[0]
-    from .autograd import FoldFunction
-    out = FoldFunction.apply((input if batched else input.unsqueeze(0)).contiguous(), p)
+    from . import autograd
+    out = autograd.fold((input if batched else input.unsqueeze(0)).contiguous(), p)
     return out if batched else out.squeeze(0)
