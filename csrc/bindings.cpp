@@ -9,9 +9,12 @@
 #include <pybind11/stl.h>
 #include <omp.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "convx/conv2d.h"
 #include "convx/cpu_info.h"
@@ -414,8 +417,27 @@ void bind_cuda(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "convx kernels (C++). Use convx.functional; this module trusts nothing but checks only sizes.";
 
+  // Besides the default constructor and the fields, one call that sets every
+  // field and validates: the per-call path of convx.functional, where sixteen
+  // attribute stores cost more than the rest of the argument checks (~20 us
+  // right after a large conv, with the interpreter cold).
   py::class_<Conv2dParams>(m, "Conv2dParams")
       .def(py::init<>())
+      .def(py::init([](int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                       std::pair<int64_t, int64_t> stride, std::array<int64_t, 4> pads,
+                       std::pair<int64_t, int64_t> dilation, int64_t groups) {
+             Conv2dParams p;
+             p.N = N, p.C = C, p.H = H, p.W = W, p.K = K, p.R = R, p.S = S;
+             std::tie(p.stride_h, p.stride_w) = stride;
+             p.pad_top = pads[0], p.pad_bottom = pads[1], p.pad_left = pads[2], p.pad_right = pads[3];
+             std::tie(p.dilation_h, p.dilation_w) = dilation;
+             p.groups = groups;
+             p.validate();
+             return p;
+           }),
+           py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"),
+           py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
+           "Validated params: stride and dilation (h, w), padding (top, bottom, left, right).")
       .def_readwrite("N", &Conv2dParams::N).def_readwrite("C", &Conv2dParams::C)
       .def_readwrite("H", &Conv2dParams::H).def_readwrite("W", &Conv2dParams::W)
       .def_readwrite("K", &Conv2dParams::K).def_readwrite("R", &Conv2dParams::R)
@@ -433,6 +455,22 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Pool2dParams>(m, "Pool2dParams")
       .def(py::init<>())
+      .def(py::init([](int64_t N, int64_t C, int64_t H, int64_t W, std::pair<int64_t, int64_t> kernel,
+                       std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding,
+                       std::pair<int64_t, int64_t> dilation, bool ceil_mode) {
+             Pool2dParams p;
+             p.N = N, p.C = C, p.H = H, p.W = W;
+             std::tie(p.kernel_h, p.kernel_w) = kernel;
+             std::tie(p.stride_h, p.stride_w) = stride;
+             std::tie(p.pad_h, p.pad_w) = padding;
+             std::tie(p.dilation_h, p.dilation_w) = dilation;
+             p.ceil_mode = ceil_mode;
+             p.validate();
+             return p;
+           }),
+           py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("kernel"), py::arg("stride"),
+           py::arg("padding"), py::arg("dilation"), py::arg("ceil_mode"),
+           "Validated params, each pair (h, w).")
       .def_readwrite("N", &Pool2dParams::N).def_readwrite("C", &Pool2dParams::C)
       .def_readwrite("H", &Pool2dParams::H).def_readwrite("W", &Pool2dParams::W)
       .def_readwrite("kernel_h", &Pool2dParams::kernel_h).def_readwrite("kernel_w", &Pool2dParams::kernel_w)

@@ -876,3 +876,26 @@ def test_nasty_calls_do_not_crash_the_process():
     assert len(results) == 16, report
     wrong = {k: v for k, v in results.items() if v != "ValueError"}
     assert not wrong, report
+
+
+# ---- the one-call params constructors (convx.functional's per-call path) ----------
+
+def test_params_constructors_set_every_field_and_validate():
+    from convx import _C
+    conv = _C.Conv2dParams(2, 6, 9, 8, 4, 3, 2, (2, 1), (1, 0, 2, 1), (1, 2), 2)
+    fields = dict(N=2, C=6, H=9, W=8, K=4, R=3, S=2, stride_h=2, stride_w=1, pad_top=1, pad_bottom=0, pad_left=2,
+                  pad_right=1, dilation_h=1, dilation_w=2, groups=2)
+    assert {name: getattr(conv, name) for name in fields} == fields
+    assert (conv.out_h(), conv.out_w()) == (4, 9)  # (9 + 1 - 3) // 2 + 1, 8 + 3 - 2 * (2 - 1)
+    with pytest.raises(ValueError, match=re.escape("stride must be positive, got (0, 1)")):
+        _C.Conv2dParams(1, 1, 4, 4, 1, 1, 1, (0, 1), (0, 0, 0, 0), (1, 1), 1)
+    with pytest.raises(ValueError, match="groups"):
+        _C.Conv2dParams(1, 6, 4, 4, 4, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 4)
+
+    pool = _C.Pool2dParams(1, 3, 7, 5, (3, 2), (2, 1), (1, 0), (1, 2), True)
+    fields = dict(N=1, C=3, H=7, W=5, kernel_h=3, kernel_w=2, stride_h=2, stride_w=1, pad_h=1, pad_w=0,
+                  dilation_h=1, dilation_w=2, ceil_mode=True)
+    assert {name: getattr(pool, name) for name in fields} == fields
+    assert (pool.out_h(), pool.out_w()) == (4, 3)  # ceil((7 + 2 - 3) / 2) + 1, 5 - 2 * (2 - 1)
+    with pytest.raises(ValueError, match="padding must be at most half of kernel_size"):
+        _C.Pool2dParams(1, 1, 4, 4, (2, 2), (1, 1), (2, 0), (1, 1), False)

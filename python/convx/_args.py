@@ -27,9 +27,12 @@ FLOAT_DTYPES = ("float32", "float64")
 
 def as_int(name: str, value: Any) -> int:
     """An int argument: Python or numpy integer (not bool) inside int64."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
-    value = int(value)
+    # A plain int skips the numbers.Integral test, whose ABC lookup was a tenth
+    # of a conv2d call's argument checks (type(True) is bool, not int).
+    if type(value) is not int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+        value = int(value)
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{name} must fit in int64, got {value}")
     return value
@@ -37,6 +40,9 @@ def as_int(name: str, value: Any) -> int:
 
 def as_pair(name: str, value: Any) -> Tuple[int, int]:
     """An int or a sequence of one or two ints, as torch's _pair accepts."""
+    if type(value) is int:
+        v = as_int(name, value)
+        return v, v
     if isinstance(value, (tuple, list)) or (torch is not None and isinstance(value, torch.Size)):
         items = tuple(value)
         if len(items) == 1:
@@ -72,6 +78,15 @@ def is_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def present_arrays(required: Dict[str, Any], optional: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The required arrays and the optional ones that are not None, by name."""
+    if not optional:
+        return required
+    arrays = dict(required)
+    arrays.update({name: a for name, a in optional.items() if a is not None})
+    return arrays
+
+
 def array_kind(required: Dict[str, Any], optional: Optional[Dict[str, Any]] = None) -> str:
     """'torch' or 'numpy' for a set of named array arguments (optional ones may be None).
 
@@ -79,9 +94,7 @@ def array_kind(required: Dict[str, Any], optional: Optional[Dict[str, Any]] = No
     rather than a silent conversion that would cut the autograd graph.
     """
     kinds = {}
-    arrays = dict(required)
-    arrays.update({name: a for name, a in (optional or {}).items() if a is not None})
-    for name, a in arrays.items():
+    for name, a in present_arrays(required, optional).items():
         if is_tensor(a):
             if a.layout != torch.strided:
                 raise TypeError(f"{name} must be a dense (strided) tensor, got layout {a.layout}")
@@ -90,7 +103,7 @@ def array_kind(required: Dict[str, Any], optional: Optional[Dict[str, Any]] = No
             kinds[name] = "numpy"
         else:
             raise TypeError(f"{name} must be a torch.Tensor or a numpy.ndarray, got {type(a).__name__}")
-    if len(set(kinds.values())) > 1:
+    if len(kinds) > 1 and len(set(kinds.values())) > 1:
         raise TypeError("arguments mix numpy arrays and torch tensors: "
                         + ", ".join(f"{n} is {k}" for n, k in kinds.items()))
     return next(iter(kinds.values()))
@@ -115,7 +128,7 @@ def check_same_dtype(ref_name: str, ref: Any, name: str, a: Any) -> None:
 
 def check_device(name: str, a: Any) -> None:
     """The kernels run on the host, and on CUDA devices in a build with CUDA: a tensor elsewhere is refused."""
-    if not is_tensor(a) or a.device.type == "cpu":
+    if not is_tensor(a) or a.is_cpu:  # is_cpu: no torch.device object made
         return
     if a.device.type == "cuda" and _C.has_cuda:
         return
@@ -128,6 +141,8 @@ def check_device(name: str, a: Any) -> None:
 
 def check_same_device(arrays: Dict[str, Any]) -> None:
     """All tensor arguments of one call must live on one device (no implicit copies)."""
+    if all(not is_tensor(a) or a.is_cpu for a in arrays.values()):
+        return
     devices = {name: a.device for name, a in arrays.items() if is_tensor(a)}
     if len(set(devices.values())) > 1:
         first = next(iter(devices))

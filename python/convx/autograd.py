@@ -242,7 +242,12 @@ class FoldFunction(torch.autograd.Function):
 # AlphaGo's 5x5 input layer (0.8 ms) it was an eighth of the call.
 
 def _records(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a loop, not any(generator): this runs once per op
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def conv2d(input, weight, bias, params, algo):

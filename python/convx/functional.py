@@ -12,7 +12,8 @@ import numpy as np
 
 from . import _C, _kernels
 from ._args import (array_kind, as_int, check_device, check_float, check_rank, check_same_device,
-                    check_same_dtype, is_channels_last, is_cuda, non_negative_pair, positive_pair, torch)
+                    check_same_dtype, is_channels_last, is_cuda, non_negative_pair, positive_pair, present_arrays,
+                    torch)
 
 __all__ = ["conv2d", "max_pool2d", "unfold", "fold"]
 
@@ -20,8 +21,18 @@ IntPair = Union[int, Tuple[int, int]]
 
 
 def _check_arrays(required: dict, optional: Optional[dict] = None) -> str:
-    kind = array_kind(required, optional)
-    arrays = dict(required, **{name: a for name, a in (optional or {}).items() if a is not None})
+    arrays = present_arrays(required, optional)
+    # The common case, dense float tensors on the CPU, for which every check below
+    # passes, in a few attribute reads: called right after a conv has evicted
+    # the interpreter from the caches, the general checks took ~25 us.
+    if torch is not None:
+        for a in arrays.values():
+            if not (isinstance(a, torch.Tensor) and a.is_cpu and a.layout == torch.strided
+                    and (a.dtype == torch.float32 or a.dtype == torch.float64)):
+                break
+        else:
+            return "torch"
+    kind = array_kind(arrays)
     for name, a in arrays.items():
         check_float(name, a)
         check_device(name, a)
@@ -99,13 +110,7 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
         raise ValueError(f"bias must have shape ({K},) to match weight.shape[0], got {tuple(bias.shape)}")
     pt, pb, pl, pr = _conv2d_padding(padding, (R, S), stride_, dilation_)
 
-    p = _C.Conv2dParams()
-    p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, W, K, R, S
-    p.stride_h, p.stride_w = stride_
-    p.pad_top, p.pad_bottom, p.pad_left, p.pad_right = pt, pb, pl, pr
-    p.dilation_h, p.dilation_w = dilation_
-    p.groups = groups
-    p.validate()
+    p = _C.Conv2dParams(N, C, H, W, K, R, S, stride_, (pt, pb, pl, pr), dilation_, groups)
 
     if kind == "numpy":
         x = _contiguous_numpy(input if batched else input[None])
@@ -128,15 +133,7 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
 def _pool2d_params(N: int, C: int, H: int, W: int, kernel: Tuple[int, int], stride: Tuple[int, int],
                    padding: Tuple[int, int], dilation: Tuple[int, int], ceil_mode: bool):
     """Validated kernel parameters from already-checked (h, w) pairs."""
-    p = _C.Pool2dParams()
-    p.N, p.C, p.H, p.W = N, C, H, W
-    p.kernel_h, p.kernel_w = kernel
-    p.stride_h, p.stride_w = stride
-    p.pad_h, p.pad_w = padding
-    p.dilation_h, p.dilation_w = dilation
-    p.ceil_mode = bool(ceil_mode)
-    p.validate()
-    return p
+    return _C.Pool2dParams(N, C, H, W, kernel, stride, padding, dilation, bool(ceil_mode))
 
 
 def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
