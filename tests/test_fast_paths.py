@@ -377,13 +377,16 @@ def test_shifted_pixel_major_weight_gradient_keeps_non_finite_input_to_its_taps(
     (2, 96, 7, 40, 3),   # and per strip for a gathered B (small images)
     (2, 64, 12, 24, 2),  # 4 taps: several segments in one vector
     (2, 64, 12, 24, 5),  # 25 taps: longer than a vector
+    (2, 48, 11, 40, 5),  # pixel-major backward-data: runs of 48 channels, three whole vectors
+    (2, 23, 9, 40, 5),   # runs of 23: a 16-float vector, a 4-float one and three single adds
 ])
 def test_shifted_gradients_in_float32(N, C, H, K, R):
     # Paths that depend on the vector width, which is 16 floats but 8 doubles, so
     # the float64 tests above do not reach them: the flipped forward reads the
     # weight as its transposed filters, segment by segment of R*S taps, loading
     # segments shorter than a vector as whole vectors; the pixel-major weight
-    # gradient reads B in place when the channels fill whole vectors (64 and 96).
+    # gradient reads B in place when the channels fill whole vectors (64 and 96);
+    # the pixel-major backward-data adds each run of channels by 16, 4 and 1.
     pad = (R - 1) // 2
     p = _conv_params(N, C, H, H, K, (pad, R - 1 - pad, pad, R - 1 - pad), R=R, S=R)
     rng = np.random.default_rng(9)
