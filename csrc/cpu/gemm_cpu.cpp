@@ -90,13 +90,30 @@ struct SplitRowStrip {
   const T* vec(int64_t p, int v) const { return rows[p] + off[v]; }
 };
 
-// acc[MR][NV] += A strip (kc x MR, packed by k) times the first NV vectors of the
-// B strip's rows. Then C tile (m x n valid part) = acc (+ C when accumulate).
-// NV < 3 serves the last, narrower strip of a row without paying for the zero
-// padding.
-template <typename T, int NV, typename BStrip>
-CONVX_SIMD_CLONES void micro_kernel(int64_t kc, const T* __restrict a_packed, BStrip b, T* __restrict C,
-                                    int64_t ldc, int64_t m, int64_t n, bool accumulate) {
+// Where the micro-kernel finds A[i][p] of its MR-row strip: packed (kc x MR by k,
+// a `const T*`), or read in place through one pointer per row (a row-major A
+// whose rows are contiguous along the reduction: the filters of a forward pass),
+// which saves packing it; rows past the last are pointed at it, and their sums
+// are never stored.
+template <typename T>
+struct RowsA {
+  const T* rows[kMR];
+};
+template <typename T>
+__attribute__((always_inline)) inline T a_at(const T* a_packed, int64_t p, int64_t i) {
+  return a_packed[p * kMR + i];
+}
+template <typename T>
+__attribute__((always_inline)) inline T a_at(const RowsA<T>& a, int64_t p, int64_t i) {
+  return a.rows[i][p];
+}
+
+// acc[MR][NV] += A strip (kc x MR) times the first NV vectors of the B strip's
+// rows. Then C tile (m x n valid part) = acc (+ C when accumulate). NV < 3 serves
+// the last, narrower strip of a row without paying for the zero padding.
+template <typename T, int NV, typename BStrip, typename AStrip>
+CONVX_SIMD_CLONES void micro_kernel(int64_t kc, AStrip a, BStrip b, T* __restrict C, int64_t ldc, int64_t m,
+                                    int64_t n, bool accumulate) {
   typedef typename Vec<T>::type V;
   constexpr int64_t L = kLanes<T>;
   V acc[kMR][NV];
@@ -109,11 +126,12 @@ CONVX_SIMD_CLONES void micro_kernel(int64_t kc, const T* __restrict a_packed, BS
     V bv[NV];
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b.vec(p, v), sizeof(V));
-    const T* a = a_packed + p * kMR;
 #pragma GCC unroll 8
-    for (int64_t i = 0; i < kMR; ++i)
+    for (int64_t i = 0; i < kMR; ++i) {
+      const T a_ip = a_at<T>(a, p, i);
 #pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) acc[i][v] += a[i] * bv[v];
+      for (int v = 0; v < NV; ++v) acc[i][v] += a_ip * bv[v];
+    }
   }
   if (m == kMR && n == NV * L) {
     for (int64_t i = 0; i < kMR; ++i)
@@ -134,16 +152,15 @@ CONVX_SIMD_CLONES void micro_kernel(int64_t kc, const T* __restrict a_packed, BS
 }
 
 // The widest kernel that covers n columns of a strip.
-template <typename T, typename BStrip>
-void run_micro_kernel(int64_t kc, const T* a_packed, BStrip b, T* C, int64_t ldc, int64_t m, int64_t n,
-                      bool accumulate) {
+template <typename T, typename BStrip, typename AStrip>
+void run_micro_kernel(int64_t kc, AStrip a, BStrip b, T* C, int64_t ldc, int64_t m, int64_t n, bool accumulate) {
   constexpr int64_t L = kLanes<T>;
   if (n > 2 * L)
-    micro_kernel<T, 3>(kc, a_packed, b, C, ldc, m, n, accumulate);
+    micro_kernel<T, 3>(kc, a, b, C, ldc, m, n, accumulate);
   else if (n > L)
-    micro_kernel<T, 2>(kc, a_packed, b, C, ldc, m, n, accumulate);
+    micro_kernel<T, 2>(kc, a, b, C, ldc, m, n, accumulate);
   else
-    micro_kernel<T, 1>(kc, a_packed, b, C, ldc, m, n, accumulate);
+    micro_kernel<T, 1>(kc, a, b, C, ldc, m, n, accumulate);
 }
 
 // Row i of an operand stored with rows contiguous along the reduction: at rows[i]
@@ -316,12 +333,35 @@ CONVX_SIMD_CLONES void pack_b_strip(bool trans_b, const T* B, int64_t ldb, int64
 }  // namespace
 
 namespace {
+// A row-major A (M x K, row stride lda) that gemm_blocked reads in place instead
+// of packing.
+template <typename T>
+struct InPlaceA {
+  const T* base;
+  int64_t lda;
+  RowsA<T> strip(int64_t M, int64_t i0, int64_t p0) const {
+    RowsA<T> a;
+    for (int64_t i = 0; i < kMR; ++i) a.rows[i] = base + std::min(i0 + i, M - 1) * lda + p0;
+    return a;
+  }
+};
+template <typename T>
+struct IsInPlaceA {
+  static constexpr bool value = false;
+};
+template <typename T>
+struct IsInPlaceA<InPlaceA<T>> {
+  static constexpr bool value = true;
+};
+
 // The blocked loops of gemm_cpu, with the packing of A and B left to the caller:
 // pack_a(i0, mr, p0, kc, dst) writes the MR-tall strip of rows i0.. of op(A),
 // pack_b(j0, nr, p0, kc, dst) the NR-wide strip of columns j0.. of op(B), both
-// over the reduction range [p0, p0 + kc). C = op(A) op(B) + beta C.
+// over the reduction range [p0, p0 + kc). C = op(A) op(B) + beta C. pack_a may
+// instead be an InPlaceA: then A is not packed but read where it lies.
 template <typename T, typename PackA, typename PackB>
 void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T beta, T* C, int64_t ldc) {
+  constexpr bool kInPlaceA = IsInPlaceA<PackA>::value;
   constexpr int64_t NR = kNR<T>;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {  // empty sum: C = beta * C
@@ -332,7 +372,8 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
   const int64_t nc_max = std::min(kNC, (N + NR - 1) / NR * NR);
   const int64_t kc_max = std::min(kKC, K);
   const int64_t mc_max = std::min(kMC, (M + kMR - 1) / kMR * kMR);
-  Scratch<T> b_packed(WorkspaceSlot::GemmB, nc_max * kc_max), a_packed(WorkspaceSlot::GemmA, mc_max * kc_max);
+  Scratch<T> b_packed(WorkspaceSlot::GemmB, nc_max * kc_max),
+      a_packed(WorkspaceSlot::GemmA, kInPlaceA ? 0 : mc_max * kc_max);
 
   for (int64_t jc = 0; jc < N; jc += kNC) {
     const int64_t nc = std::min(kNC, N - jc);
@@ -352,15 +393,22 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
         for (int64_t ic = 0; ic < M; ic += kMC) {
           const int64_t mc = std::min(kMC, M - ic);
           const int64_t m_strips = (mc + kMR - 1) / kMR;
+          if constexpr (!kInPlaceA) {
 #pragma omp for schedule(static)
-          for (int64_t is = 0; is < m_strips; ++is)
-            pack_a(ic + is * kMR, std::min(kMR, mc - is * kMR), pc, kc, ap + is * kMR * kc);
+            for (int64_t is = 0; is < m_strips; ++is)
+              pack_a(ic + is * kMR, std::min(kMR, mc - is * kMR), pc, kc, ap + is * kMR * kc);
+          }
 #pragma omp for collapse(2) schedule(static)
           for (int64_t js = 0; js < n_strips; ++js)
             for (int64_t is = 0; is < m_strips; ++is) {
               const int64_t i = ic + is * kMR, j = jc + js * NR;
-              run_micro_kernel<T>(kc, ap + is * kMR * kc, PackedStrip<T>{bp + js * NR * kc}, C + i * ldc + j, ldc,
-                                  std::min(kMR, M - i), std::min(NR, N - j), accumulate);
+              const PackedStrip<T> b{bp + js * NR * kc};
+              if constexpr (kInPlaceA)
+                run_micro_kernel<T>(kc, pack_a.strip(M, i, pc), b, C + i * ldc + j, ldc, std::min(kMR, M - i),
+                                    std::min(NR, N - j), accumulate);
+              else
+                run_micro_kernel<T>(kc, ap + is * kMR * kc, b, C + i * ldc + j, ldc, std::min(kMR, M - i),
+                                    std::min(NR, N - j), accumulate);
             }
         }
       }
@@ -564,15 +612,19 @@ CONVX_SIMD_CLONES void pack_b_gather_strip(const T* base, const int64_t* row_off
 template <typename T>
 void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, SegmentedRows<T> A, const T* b_base,
                        const int64_t* row_off, const int64_t* col_off, T beta, T* C, int64_t ldc) {
+  const auto pack_b = [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {
+    pack_b_gather_strip<T>(b_base, row_off, col_off, p0, kc, j0, nr, dst);
+  };
+  if (A.seg_len >= K) {  // a plain row-major A: read in place
+    gemm_blocked<T>(M, N, K, InPlaceA<T>{A.base, A.row_stride}, pack_b, beta, C, ldc);
+    return;
+  }
   gemm_blocked<T>(
       M, N, K,
       [=](int64_t i0, int64_t mr, int64_t p0, int64_t kc, T* dst) {
         pack_a_segmented_strip<T>(A, i0, mr, p0, kc, dst);
       },
-      [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {
-        pack_b_gather_strip<T>(b_base, row_off, col_off, p0, kc, j0, nr, dst);
-      },
-      beta, C, ldc);
+      pack_b, beta, C, ldc);
 }
 
 namespace {
