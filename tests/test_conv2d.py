@@ -404,3 +404,44 @@ def test_helper_rejects_f64_and_meta_mismatch():
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(AssertionError):  # NaN where the reference has a number
         assert_close_f32(nan, ref, t32)
+
+
+# ---- repeat calls: params validated once per shape and arguments -------------------
+
+def test_repeat_call_reuses_validated_params_and_still_checks_what_changed(monkeypatch):
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(2, 4, 9, 8, generator=gen)
+    w = torch.nn.Parameter(torch.randn(6, 2, 3, 2, generator=gen))
+    b = torch.randn(6, generator=gen)
+    kw = dict(stride=(2, 1), padding=(1, 0), dilation=1, groups=2)
+    want = F.conv2d(x, w, b, **kw)
+    monkeypatch.setattr(cxF, "_validated_conv2d", {})
+    torch.testing.assert_close(cxF.conv2d(x, w, b, **kw), want)
+    assert len(cxF._validated_conv2d) == 1
+
+    def no_full_path(*args):
+        raise AssertionError("a repeat call took the full path")
+
+    with monkeypatch.context() as m:  # a repeat call skips the full path's argument parsing
+        m.setattr(cxF, "_conv2d_padding", no_full_path)
+        torch.testing.assert_close(cxF.conv2d(x, w, b, **kw), want)
+        torch.testing.assert_close(cxF.conv2d(x * 2, w, b, **kw), F.conv2d(x * 2, w, b, **kw))
+
+    # What the key leaves out is checked again, or sends the call down the full path.
+    with pytest.raises(TypeError, match="stride must be an int"):
+        cxF.conv2d(x, w, b, stride=(2, True), padding=(1, 0), groups=2)
+    with pytest.raises(TypeError, match="groups must be an int"):
+        cxF.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), groups=2.0)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cxF.conv2d(x.half(), w.half(), b.half(), **kw)
+    with pytest.raises(TypeError, match="bias dtype float64 does not match input dtype float32"):
+        cxF.conv2d(x, w, b.double(), **kw)
+    with pytest.raises(ValueError, match="algo must be one of"):
+        cxF.conv2d(x, w, b, **kw, algo="fastest")
+    wide = torch.randn(2, 4, 9, 16, generator=gen)[..., ::2]  # not contiguous
+    torch.testing.assert_close(cxF.conv2d(wide, w, b, **kw), F.conv2d(wide, w, b, **kw))
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    out = cxF.conv2d(nhwc, w, b, **kw)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(cxF.conv2d(x[0], w, b, **kw), want[0])  # unbatched
