@@ -415,9 +415,9 @@ def test_repeat_call_reuses_validated_params_and_still_checks_what_changed(monke
     b = torch.randn(6, generator=gen)
     kw = dict(stride=(2, 1), padding=(1, 0), dilation=1, groups=2)
     want = F.conv2d(x, w, b, **kw)
-    monkeypatch.setattr(cxF, "_validated_conv2d", {})
+    monkeypatch.setattr(cxF, "_validated_params", {})
     torch.testing.assert_close(cxF.conv2d(x, w, b, **kw), want)
-    assert len(cxF._validated_conv2d) == 1
+    assert len(cxF._validated_params) == 1
 
     def no_full_path(*args):
         raise AssertionError("a repeat call took the full path")

@@ -338,3 +338,37 @@ def test_numpy(case, np_dtype):
     assert i.dtype == np.int64 and v.dtype == np_dtype
     assert_bitwise_equal(torch.from_numpy(v), ev)
     assert np.array_equal(i, ei.numpy())
+
+
+def test_repeat_call_reuses_validated_params_and_still_checks_what_changed(monkeypatch):
+    gen = torch.Generator().manual_seed(32)
+    x = torch.randn(2, 3, 9, 8, generator=gen)
+    kw = dict(kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=1, ceil_mode=True)
+    want, want_idx = F.max_pool2d(x, return_indices=True, **kw)
+    monkeypatch.setattr(cxF, "_validated_params", {})
+    torch.testing.assert_close(cxF.max_pool2d(x, **kw), want)
+    assert len(cxF._validated_params) == 1
+
+    def no_full_path(*args, **kwargs):
+        raise AssertionError("a repeat call took the full path")
+
+    with monkeypatch.context() as m:  # a repeat call skips the full path's argument parsing
+        m.setattr(cxF, "positive_pair", no_full_path)
+        out, idx = cxF.max_pool2d(x, return_indices=True, **kw)
+        torch.testing.assert_close(out, want)
+        assert torch.equal(idx, want_idx)
+        torch.testing.assert_close(cxF.max_pool2d(-x, **kw), F.max_pool2d(-x, **kw))
+
+    # What the key leaves out is checked again, or sends the call down the full path.
+    with pytest.raises(TypeError, match="kernel_size must be an int"):
+        cxF.max_pool2d(x, (3, True), 2, (1, 0), 1, True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cxF.max_pool2d(x.half(), **kw)
+    torch.testing.assert_close(cxF.max_pool2d(x, (3, 2), 2, (1, 0), 1, 0), F.max_pool2d(x, (3, 2), 2, (1, 0), 1, False))
+    wide = torch.randn(2, 3, 9, 16, generator=gen)[..., ::2]  # not contiguous
+    torch.testing.assert_close(cxF.max_pool2d(wide, **kw), F.max_pool2d(wide, **kw))
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    out = cxF.max_pool2d(nhwc, **kw)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(cxF.max_pool2d(x[0], **kw), want[0])  # unbatched

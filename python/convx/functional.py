@@ -71,15 +71,17 @@ def _conv2d_padding(padding: Any, kernel: Tuple[int, int], stride: Tuple[int, in
     return ph, ph, pw, pw
 
 
-# A model calls conv2d with the same arguments step after step, and right after a
-# large conv the interpreter is cold: the checks of the full path then cost ~20x
-# their warm time (~75 us a call after a torch conv of AlphaGo's input layer,
-# ~10 us warm). A repeat call -- 4-D, dense, contiguous CPU tensors of one float
-# dtype, and ints, pairs of ints or a padding string as before -- reuses the
-# params that the full path validated for the same shapes and arguments. Every
-# other call takes the full path.
-_validated_conv2d: Dict[Tuple, Any] = {}
-_VALIDATED_CONV2D_MAX = 1024
+# ---- repeat calls ---------------------------------------------------------------------
+# A model calls conv2d and max_pool2d with the same arguments step after step,
+# and right after a large conv the interpreter is cold: the checks of the full
+# path then cost ~20x their warm time (~75 us a conv2d call after a torch conv of
+# AlphaGo's input layer, ~10 us warm). A repeat call -- 4-D, dense, contiguous
+# CPU tensors of one float dtype, and ints, pairs of ints (or a padding string,
+# an algo name) as before -- reuses the params that the full path validated for
+# the same shapes and arguments. Every other call takes the full path, which
+# fills the cache (cleared when it holds 1024 entries).
+_validated_params: Dict[Tuple, Any] = {}
+_VALIDATED_PARAMS_MAX = 1024
 
 
 def _is_int_or_pair(value: Any) -> bool:
@@ -88,22 +90,35 @@ def _is_int_or_pair(value: Any) -> bool:
     return kind is int or (kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int)
 
 
+def _dense_float_cpu(*tensors) -> bool:
+    """4-D first tensor; all plain, dense, contiguous CPU tensors of one float dtype."""
+    dtype = tensors[0].dtype if type(tensors[0]) in _PLAIN_TENSOR_TYPES else None
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        return False
+    for t in tensors:
+        if not (type(t) in _PLAIN_TENSOR_TYPES and t.dtype is dtype and t.is_cpu and t.layout is torch.strided
+                and t.is_contiguous()):
+            return False
+    return tensors[0].ndim == 4
+
+
+def _remember_params(key: Optional[Tuple], params) -> None:
+    if key is not None:
+        if len(_validated_params) >= _VALIDATED_PARAMS_MAX:
+            _validated_params.clear()
+        _validated_params[key] = params
+
+
 def _repeat_conv2d_key(input, weight, bias, stride, padding, dilation, groups, algo) -> Optional[Tuple]:
-    """The cache key of a call that may reuse validated params, else None."""
+    """The cache key of a conv2d call that may reuse validated params, else None."""
     if torch is None or not (_is_int_or_pair(stride) and _is_int_or_pair(dilation) and type(groups) is int
                              and (type(padding) is str or _is_int_or_pair(padding))
                              and (algo is None or type(algo) is str)):
         return None
-    dtype = input.dtype if type(input) in _PLAIN_TENSOR_TYPES else None
-    if dtype is not torch.float32 and dtype is not torch.float64:
+    if not (_dense_float_cpu(input, weight) if bias is None else _dense_float_cpu(input, weight, bias)):
         return None
-    for t in (input, weight) if bias is None else (input, weight, bias):
-        if not (type(t) in _PLAIN_TENSOR_TYPES and t.dtype is dtype and t.is_cpu and t.layout is torch.strided
-                and t.is_contiguous()):
-            return None
-    if input.ndim != 4:
-        return None
-    return (input.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation, groups, algo)
+    return ("conv2d", input.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation,
+            groups, algo)
 
 
 def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, IntPair] = 0,
@@ -119,7 +134,7 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
     """
     key = _repeat_conv2d_key(input, weight, bias, stride, padding, dilation, groups, algo)
     if key is not None:
-        p = _validated_conv2d.get(key)
+        p = _validated_params.get(key)
         if p is not None:
             from . import autograd
             return autograd.conv2d(input, weight, bias, p, "auto" if algo is None else algo)
@@ -162,10 +177,7 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
         out = _kernels.conv2d_forward(p, x, _contiguous_numpy(weight), b, algo)
         return out if batched else out[0]
 
-    if key is not None:
-        if len(_validated_conv2d) >= _VALIDATED_CONV2D_MAX:
-            _validated_conv2d.clear()
-        _validated_conv2d[key] = p
+    _remember_params(key, p)
     from . import autograd
     x = (input if batched else input.unsqueeze(0)).contiguous()
     out = autograd.conv2d(x, weight.contiguous(), None if bias is None else bias.contiguous(), p, algo)
@@ -192,6 +204,17 @@ def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, pa
     flat h*W + w offset inside its (n, c) plane, exactly as torch; the backward
     pass routes each output gradient to that element only.
     """
+    key = None
+    if (torch is not None and _is_int_or_pair(kernel_size) and (stride is None or _is_int_or_pair(stride))
+            and _is_int_or_pair(padding) and _is_int_or_pair(dilation) and type(ceil_mode) is bool
+            and _dense_float_cpu(input)):
+        key = ("max_pool2d", input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+        p = _validated_params.get(key)
+        if p is not None:
+            from . import autograd
+            out, indices = autograd.max_pool2d(input, p)
+            return (out, indices) if return_indices else out
+
     kind = _check_arrays({"input": input})
     check_rank("input", input, (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
     kernel = positive_pair("kernel_size", kernel_size)
@@ -212,6 +235,7 @@ def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, pa
             out, indices = out[0], indices[0]
         return (out, indices) if return_indices else out
 
+    _remember_params(key, p)
     from . import autograd
     x = (input if batched else input.unsqueeze(0)).contiguous()
     out, indices = autograd.max_pool2d(x, p)
