@@ -537,6 +537,22 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
   }
 }
 
+// dst[c ..) += src[c ..) in whole Vectors while they fit below n; returns where
+// it stopped.
+template <typename T, typename Vector>
+__attribute__((always_inline)) inline int64_t add_vectors(T* __restrict dst, const T* __restrict src, int64_t c,
+                                                          int64_t n) {
+  constexpr int64_t kLanes = sizeof(Vector) / sizeof(T);
+  for (; c + kLanes <= n; c += kLanes) {
+    Vector a, b;
+    std::memcpy(&a, dst + c, sizeof(Vector));
+    std::memcpy(&b, src + c, sizeof(Vector));
+    a += b;
+    std::memcpy(dst + c, &a, sizeof(Vector));
+  }
+  return c;
+}
+
 // dst[0 .. n) += src[0 .. n) in 64-byte vectors, then 16-byte ones, then single
 // elements: a run of 48 channels is three 64-byte adds, one of 20 a 64-byte and a
 // 16-byte add (the loop as written became 64-byte adds and a scalar tail, and
@@ -545,21 +561,8 @@ template <typename T>
 __attribute__((always_inline)) inline void add_run(T* __restrict dst, const T* __restrict src, int64_t n) {
   typedef T Wide __attribute__((vector_size(64)));
   typedef T Narrow __attribute__((vector_size(16)));
-  int64_t c = 0;
-  for (; c + int64_t(sizeof(Wide) / sizeof(T)) <= n; c += sizeof(Wide) / sizeof(T)) {
-    Wide a, b;
-    std::memcpy(&a, dst + c, sizeof(Wide));
-    std::memcpy(&b, src + c, sizeof(Wide));
-    a += b;
-    std::memcpy(dst + c, &a, sizeof(Wide));
-  }
-  for (; c + int64_t(sizeof(Narrow) / sizeof(T)) <= n; c += sizeof(Narrow) / sizeof(T)) {
-    Narrow a, b;
-    std::memcpy(&a, dst + c, sizeof(Narrow));
-    std::memcpy(&b, src + c, sizeof(Narrow));
-    a += b;
-    std::memcpy(dst + c, &a, sizeof(Narrow));
-  }
+  int64_t c = add_vectors<T, Wide>(dst, src, 0, n);
+  c = add_vectors<T, Narrow>(dst, src, c, n);
   for (; c < n; ++c) dst[c] += src[c];
 }
 
