@@ -18,7 +18,7 @@ from ._args import (array_kind, as_int, check_device, check_float, check_rank, c
 __all__ = ["conv2d", "max_pool2d", "unfold", "fold"]
 
 IntPair = Union[int, Tuple[int, int]]
-# Tensor types the repeat-call path of conv2d accepts as they are (subclasses
+# Tensor types the repeat-call paths of conv2d and max_pool2d accept (subclasses
 # with their own __torch_function__ take the full path).
 _PLAIN_TENSOR_TYPES = () if torch is None else (torch.Tensor, torch.nn.Parameter)
 
