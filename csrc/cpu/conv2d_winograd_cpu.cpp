@@ -53,6 +53,13 @@ namespace {
 // product to fill many GEMM strips, little enough to stay near the caches.
 constexpr double kBlockBytes = 8.0 * 1024 * 1024;
 
+// Whether the input transform fetches the next channel's rows ahead: only for
+// inputs larger than a core's L2 (1 MB on Zen 5), which the earlier channels'
+// transforms do not leave cached. Measured on one core: 64 channels at 56x56 at
+// batch 8 (6.4 MB) 10% faster, 192 -> 192 on 19x19 at batch 16 (4.4 MB) 2%
+// faster, the same at batch 1 (277 KB) 1-2% slower with it.
+bool prefetch_input(int64_t input_bytes) { return input_bytes > (int64_t(1) << 20); }
+
 // One chunk of transform_filters: 8 output channels (one MR strip) from o0 and
 // up to 8 input channels from i0, written as one contiguous run per xi.
 template <typename F, typename T>
@@ -192,7 +199,7 @@ struct WinogradF2 {
 template <typename F, typename T>
 CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64_t H, int64_t W, int64_t pad_top, int64_t pad_left,
                  int64_t row0, int64_t rows, int64_t th, int64_t tw, T* d, T* e, T* out, int64_t out_stride,
-                 int64_t strip_width, int64_t strip_stride) {
+                 int64_t strip_width, int64_t strip_stride, bool prefetch_next_channel) {
   constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
   const int64_t tiles = rows * tw;
   // Each patch row is read from a zero-padded copy of the image row, so the
@@ -202,6 +209,16 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
   for (int64_t rb = 0; rb < rows; ++rb) {
     const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
     const T* plane = channel + n * image_stride;
+    // The next channel's rows for this tile row (kTile of them, so every row
+    // once over the tile rows), fetched ahead: a plane is a few short rows, too
+    // short a stream for the hardware prefetcher. Waiting on those loads was a
+    // sixth of this function's time on 64 channels at 56x56.
+    if (prefetch_next_channel)
+      for (int64_t u = 0; u < kTile; ++u) {
+        const int64_t h = tr * kTile - pad_top + u;
+        if (h >= 0 && h < H)
+          for (int64_t x = 0; x < W; x += 64 / int64_t(sizeof(T))) __builtin_prefetch(plane + H * W + h * W + x);
+      }
     for (int64_t u = 0; u < kPatch; ++u) {
       const int64_t h = tr * kTile - pad_top + u;
       // columns x of the span read image column x - pad_left
@@ -328,6 +345,7 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
   Scratch<T> V(WorkspaceSlot::Input, kXi * gemm_packed_b_size<T>(C, max_tiles)),
       M(WorkspaceSlot::Output, kXi * K * max_tiles);
   const bool parallel = double(C + K) * double(max_tiles) > 16384.0;
+  const bool prefetch = prefetch_input(sh.N * C * sh.H * sh.W * int64_t(sizeof(T)));
 
   for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
     const int64_t rows = std::min(rows_per_block, tile_rows - row0);
@@ -344,7 +362,8 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, c
       for (int64_t c = 0; c < C; ++c) {
         const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
         input_tiles<F>(input + c * sh.H * sh.W, C * sh.H * sh.W, sh.H, sh.W, sh.pad_top, sh.pad_left, row0, rows,
-                       th, tw, d.data(), e.data(), V.data() + row.base, b_size, row.nr, row.strip_stride);
+                       th, tw, d.data(), e.data(), V.data() + row.base, b_size, row.nr, row.strip_stride,
+                       prefetch && c + 1 < C);
         if (padded_tiles > tiles)  // the padding columns of the last strip must read as zero
           for (int64_t xi = 0; xi < kXi; ++xi) {
             T* pad = V.data() + xi * b_size + row.at(tiles);
@@ -520,6 +539,7 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
   const int64_t max_tiles = rows_per_block * tw;
   Scratch<T> X(WorkspaceSlot::Input, kXi * C * max_tiles), Y(WorkspaceSlot::Output, kXi * K * max_tiles),
       P(WorkspaceSlot::Aux, kXi * K * C);
+  const bool prefetch = prefetch_input(p.N * C * p.H * p.W * int64_t(sizeof(T)));
   const bool parallel = double(C + K) * double(max_tiles) > 16384.0;
 
   for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
@@ -532,7 +552,7 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
 #pragma omp for schedule(static) nowait
       for (int64_t c = 0; c < C; ++c) {
         input_tiles<F>(input + c * p.H * p.W, C * p.H * p.W, p.H, p.W, p.pad_top, p.pad_left, row0, rows, th, tw,
-                       d.data(), e.data(), X.data() + c * tiles, C * tiles, tiles, 0);
+                       d.data(), e.data(), X.data() + c * tiles, C * tiles, tiles, 0, prefetch && c + 1 < C);
       }
       // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi], (A y)_u = y0, y0 + y1, y0 - y1, -y1.
 #pragma omp for schedule(static)
