@@ -124,4 +124,11 @@ bool gemm_abt_uses_dot_products(int64_t M, int64_t N);
 // time through registers.
 template <typename T>
 void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);
+// The same for `count` matrices, matrix m at src + m * src_stride and dst + m *
+// dst_stride. `end`, if set, bounds the memory that may be read (one past the last
+// readable element): a last block narrower than 16 columns is then loaded as whole
+// vectors where those stay below it.
+template <typename T>
+void transpose_batch_cpu(int64_t count, int64_t rows, int64_t cols, const T* src, int64_t src_stride, int64_t lds,
+                         T* dst, int64_t dst_stride, int64_t ldd, const T* end);
 }  // namespace convx

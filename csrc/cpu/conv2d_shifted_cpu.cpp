@@ -609,10 +609,13 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
   // its image's planes, so the adds need no slack past them.
   T* const dx_t = planes.data();
   for (int64_t gr = 0; gr < p.groups; ++gr) {
-    for (int64_t k = 0; k < Kg; ++k)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t t = 0; t < RS; ++t)
-          reordered.data()[k * CRS + t * Cg + c] = weight[((gr * Kg + k) * Cg + c) * RS + t];
+    // reordered[k][t][c] = weight[k][c][t]: the GEMM's columns in (tap, channel)
+    // order, so each pixel's row adds into the planes as RS runs of Cg channels.
+    // Each filter's Cg x RS block is transposed 16 x 16 at a time through
+    // registers, its last partial block of taps by whole-vector loads while they
+    // stay inside the weights.
+    transpose_batch_cpu<T>(Kg, Cg, RS, weight + gr * Kg * CRS, CRS, RS, reordered.data(), CRS, Cg,
+                           weight + p.weight_numel());
     for (int64_t n0 = 0; n0 < p.N; n0 += images) {
       const int64_t count = std::min(images, p.N - n0);
       for (int64_t k = 0; k < Kg; ++k)

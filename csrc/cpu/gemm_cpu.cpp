@@ -23,7 +23,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "convx/simd.h"
@@ -219,28 +221,45 @@ struct IntVec<double> {
 // of it in lanes [m * ROWS, (m + 1) * ROWS). Padding the 8 rows to 16 with zeros
 // instead cost the full 16 x 16 shuffles for half the data (A's packing was 7% of
 // a 5x5 layer's forward).
-template <typename T, int ROWS>
-__attribute__((always_inline)) inline void transpose_in_registers(typename Vec<T>::type* v) {
-  typedef typename Vec<T>::type V;
-  typedef typename IntVec<T>::type M;
-  constexpr int L = int(kLanes<T>);
-  static_assert(ROWS <= L && L % ROWS == 0 && (ROWS & (ROWS - 1)) == 0, "a power-of-two share of the lanes");
-#pragma GCC unroll 4
-  for (int h = ROWS / 2; h >= 1; h /= 2) {
+// The shuffle masks of stage h, as constants: built lane by lane in the
+// function they were rebuilt on every call (a broadcast and a masked insert per
+// lane, a third of a 16 x 16 transpose's instructions).
+template <typename T, int H>
+struct TransposeMasks {
+  typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type Lane;
+  static constexpr int L = int(kLanes<T>);
+  static constexpr std::array<Lane, L> make(bool high) {
+    std::array<Lane, L> m{};
+    for (int c = 0; c < L; ++c) m[c] = high ? ((c & H) ? L + c : c + H) : ((c & H) ? L + c - H : c);
+    return m;
+  }
+  static constexpr std::array<Lane, L> low = make(false), high = make(true);
+};
+
+template <typename T, int ROWS, int H>
+__attribute__((always_inline)) inline void transpose_stage(typename Vec<T>::type* v) {
+  if constexpr (H >= 1) {
+    typedef typename Vec<T>::type V;
+    typedef typename IntVec<T>::type M;
     M low, high;
-#pragma GCC unroll 16
-    for (int c = 0; c < L; ++c) {
-      low[c] = (c & h) ? L + c - h : c;
-      high[c] = (c & h) ? L + c : c + h;
-    }
+    std::memcpy(&low, TransposeMasks<T, H>::low.data(), sizeof(M));
+    std::memcpy(&high, TransposeMasks<T, H>::high.data(), sizeof(M));
 #pragma GCC unroll 16
     for (int i = 0; i < ROWS; ++i)
-      if (!(i & h)) {
-        const V a = v[i], b = v[i + h];
+      if (!(i & H)) {
+        const V a = v[i], b = v[i + H];
         v[i] = __builtin_shuffle(a, b, low);
-        v[i + h] = __builtin_shuffle(a, b, high);
+        v[i + H] = __builtin_shuffle(a, b, high);
       }
+    transpose_stage<T, ROWS, H / 2>(v);
   }
+}
+
+template <typename T, int ROWS>
+__attribute__((always_inline)) inline void transpose_in_registers(typename Vec<T>::type* v) {
+  constexpr int L = int(kLanes<T>);
+  static_assert(ROWS <= L && L % ROWS == 0 && (ROWS & (ROWS - 1)) == 0, "a power-of-two share of the lanes");
+  transpose_stage<T, ROWS, ROWS / 2>(v);
 }
 
 // dst[p * dst_stride + r] = row(r0 + r)[p0 + p] for r < ROWS, p < kc: kc x ROWS of
@@ -703,24 +722,52 @@ void gemm_gather_b_cpu(int64_t M, int64_t N, int64_t K, SegmentedRows<T> A, cons
 }
 
 namespace {
+// Rows i0 .. i0 + rows of the transpose. A last partial block of columns is
+// loaded as whole vectors where `end` allows (a filter's 25 taps are 16 + 9: the
+// scalar tail was a third of the elements), and only its valid rows stored.
 template <typename T>
 CONVX_SIMD_CLONES void transpose_block_rows(int64_t i0, int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst,
-                                            int64_t ldd) {
+                                            int64_t ldd, const T* end) {
+  typedef typename Vec<T>::type V;
   constexpr int64_t L = kLanes<T>;
-  if (rows == L)
-    transpose_rows<T, L>(StridedRows<T>{src, lds}, i0, 0, cols, dst + i0, ldd);
-  else
+  if (rows != L) {
     transpose_rows_scalar<T>(StridedRows<T>{src, lds}, i0, rows, 0, cols, dst + i0, ldd);
+    return;
+  }
+  const int64_t whole = cols / L * L;
+  transpose_rows<T, L>(StridedRows<T>{src, lds}, i0, 0, whole, dst + i0, ldd);
+  if (whole == cols) return;
+  if (end != nullptr && src + (i0 + L - 1) * lds + whole + L <= end) {
+    V v[L];
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < L; ++r) std::memcpy(&v[r], src + (i0 + r) * lds + whole, sizeof(V));
+    transpose_in_registers<T, int(L)>(v);
+    for (int64_t q = 0; q < cols - whole; ++q) std::memcpy(dst + (whole + q) * ldd + i0, &v[q], sizeof(V));
+  } else {
+    transpose_rows_scalar<T>(StridedRows<T>{src, lds}, i0, L, whole, cols - whole, dst + whole * ldd + i0, ldd);
+  }
 }
 }  // namespace
 
 template <typename T>
-void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+void transpose_batch_cpu(int64_t count, int64_t rows, int64_t cols, const T* src, int64_t src_stride, int64_t lds,
+                         T* dst, int64_t dst_stride, int64_t ldd, const T* end) {
   constexpr int64_t L = kLanes<T>;
   const int64_t blocks = (rows + L - 1) / L;
-#pragma omp parallel for schedule(static) if (double(rows) * double(cols) > 262144.0 && !omp_in_parallel())
-  for (int64_t b = 0; b < blocks; ++b)
-    transpose_block_rows<T>(b * L, std::min(L, rows - b * L), cols, src, lds, dst, ldd);
+  // One parallel region for the whole batch: libgomp sets up a team for every
+  // region, which cost more than a filter's 48 x 25 transpose.
+#pragma omp parallel for schedule(static) \
+    if (double(count) * double(rows) * double(cols) > 262144.0 && !omp_in_parallel())
+  for (int64_t task = 0; task < count * blocks; ++task) {
+    const int64_t i = task / blocks, b = task % blocks;
+    transpose_block_rows<T>(b * L, std::min(L, rows - b * L), cols, src + i * src_stride, lds, dst + i * dst_stride,
+                            ldd, end);
+  }
+}
+
+template <typename T>
+void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  transpose_batch_cpu<T>(1, rows, cols, src, 0, lds, dst, 0, ldd, nullptr);
 }
 
 #define CONVX_INSTANTIATE_PACKED(T)                                                                    \
@@ -734,7 +781,9 @@ void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst
                                                   const int64_t*, T, T*, int64_t);                               \
   template void gemm_gather_b_cpu<T>(int64_t, int64_t, int64_t, SegmentedRows<T>, const T*, const int64_t*,      \
                                      const int64_t*, T, T*, int64_t);                                            \
-  template void transpose_cpu<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);
+  template void transpose_cpu<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);                   \
+  template void transpose_batch_cpu<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, T*, int64_t, int64_t, \
+                                       const T*);
 CONVX_INSTANTIATE_PACKED(float)
 CONVX_INSTANTIATE_PACKED(double)
 #undef CONVX_INSTANTIATE_PACKED
