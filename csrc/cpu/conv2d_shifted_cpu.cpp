@@ -525,15 +525,10 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
                              xt.data(), row_off.data(), col_off.data(), beta, dw.data(), CRS);
       }
     }
-    // Reads run along dW' rows; the strided writes stay within one filter's
-    // C*R*S values, in L1 (reading strided instead missed L1 on every value: a
-    // tenth of the AlphaGo input layer's weight gradient).
-    for (int64_t k = 0; k < Kg; ++k) {
-      T* __restrict dst = grad_weight + (gr * Kg + k) * CRS;
-      const T* __restrict src = dw.data() + k * CRS;
-      for (int64_t t = 0; t < RS; ++t)
-        for (int64_t c = 0; c < Cg; ++c) dst[c * RS + t] = src[t * Cg + c];
-    }
+    // Back to [k][c][t]: per filter an RS x Cg transpose, through registers in
+    // 16 x 16 blocks.
+    transpose_batch_cpu<T>(Kg, RS, Cg, dw.data(), CRS, Cg, grad_weight + gr * Kg * CRS, CRS, RS,
+                           dw.data() + Kg * CRS);
   }
 }
 
