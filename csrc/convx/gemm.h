@@ -102,6 +102,11 @@ void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed
 template <typename T>
 void gemm_packed_a_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows,
                                     const int64_t* vec_off, T beta, T* C, int64_t ldc);
+// The same with A (M x K, row stride lda, rows contiguous along the reduction)
+// read in place instead of packed.
+template <typename T>
+void gemm_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* const* b_rows,
+                           const int64_t* vec_off, T beta, T* C, int64_t ldc);
 // Elements per vector of the micro-kernel: 16 floats, 8 doubles.
 template <typename T>
 constexpr int64_t gemm_vector_lanes() {

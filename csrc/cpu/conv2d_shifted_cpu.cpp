@@ -497,7 +497,6 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
   // channels on 56x56: the gather was a tenth of the time). Otherwise gathered.
   const int64_t lanes = gemm_vector_lanes<T>();
   const bool read_in_place = Cg % lanes == 0;
-  Scratch<T> dy_packed(WorkspaceSlot::Filters, read_in_place ? gemm_packed_a_size<T>(Kg, images * L) : 0);
   std::vector<const T*> b_rows(read_in_place ? images * L : 0);
   std::vector<int64_t> vec_off(read_in_place ? CRS / lanes : 0);
   for (size_t q = 0; q < b_rows.size(); ++q) b_rows[q] = xt.data() + row_off[q];
@@ -517,9 +516,8 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
       transpose_cpu<T>(Cg, pixels, planes.data(), pixels, xt.data(), Cg);
       const T beta = n0 > 0 ? T(1) : T(0);
       if (read_in_place) {
-        gemm_pack_a<T>(Kg, count * L, SegmentedRows<T>::plain(dy.data(), images * L, count * L), dy_packed.data());
-        gemm_packed_a_split_rows_b_cpu<T>(Kg, CRS, count * L, dy_packed.data(), b_rows.data(), vec_off.data(), beta,
-                                          dw.data(), CRS);
+        gemm_split_rows_b_cpu<T>(Kg, CRS, count * L, dy.data(), images * L, b_rows.data(), vec_off.data(), beta,
+                                 dw.data(), CRS);
       } else {
         gemm_gather_b_cpu<T>(Kg, CRS, count * L, SegmentedRows<T>::plain(dy.data(), images * L, count * L),
                              xt.data(), row_off.data(), col_off.data(), beta, dw.data(), CRS);

@@ -559,13 +559,14 @@ void gemm_pack_a(int64_t M, int64_t K, SegmentedRows<T> A, T* dst) {
 }
 
 namespace {
-// C = A * B with A packed, B's strip for (column strip js, K block from p0) made by
-// strip(js, p0). The same order of work as gemm_cpu: each thread keeps one B strip
+// C = A * B with A's strip for (row strip is, K block from p0) given by
+// a_strip(is, p0, kc) (packed or in place) and B's strip for (column strip js, K
+// block from p0) made by strip(js, p0). The same order of work as gemm_cpu: each thread keeps one B strip
 // in L1 and streams the A strips of an MC block past it; K blocks run in sequence,
 // so every C element sums in a fixed order for any thread count.
-template <typename T, typename MakeStrip>
-void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, MakeStrip strip, T* C, int64_t ldc,
-                          T beta = T(0)) {
+template <typename T, typename AStripAt, typename MakeStrip>
+void gemm_strips_driver(int64_t M, int64_t N, int64_t K, AStripAt a_strip, MakeStrip strip, T* C, int64_t ldc,
+                        T beta) {
   constexpr int64_t NR = kNR<T>;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -578,18 +579,27 @@ void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, Ma
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
   for (int64_t p0 = 0; p0 < K; p0 += kKC) {
     const int64_t kc = std::min(kKC, K - p0);
-    const T* ap = a_packed + p0 * Mp;
     for (int64_t ic = 0; ic < m_strips; ic += kMC / kMR) {
       const int64_t ic_end = std::min(m_strips, ic + kMC / kMR);
 #pragma omp parallel for collapse(2) schedule(static) if ((parallel) && !omp_in_parallel())
       for (int64_t js = 0; js < n_strips; ++js)
         for (int64_t is = ic; is < ic_end; ++is) {
           const int64_t i = is * kMR, j = js * NR;
-          run_micro_kernel<T>(kc, ap + is * kc * kMR, strip(js, p0), C + i * ldc + j, ldc, std::min(kMR, M - i),
+          run_micro_kernel<T>(kc, a_strip(is, p0, kc), strip(js, p0), C + i * ldc + j, ldc, std::min(kMR, M - i),
                               std::min(NR, N - j), p0 > 0 || beta != T(0));
         }
     }
   }
+}
+
+// The driver with A pre-packed (gemm_pack_a's layout).
+template <typename T, typename MakeStrip>
+void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, MakeStrip strip, T* C, int64_t ldc,
+                          T beta = T(0)) {
+  const int64_t Mp = (M + kMR - 1) / kMR * kMR;
+  gemm_strips_driver<T>(
+      M, N, K, [=](int64_t is, int64_t p0, int64_t kc) { return a_packed + p0 * Mp + is * kc * kMR; }, strip, C, ldc,
+      beta);
 }
 }  // namespace
 
@@ -612,19 +622,32 @@ void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed
       M, N, K, a_packed, [=](int64_t js, int64_t p0) { return RowStrip<T>{b_rows + p0, js * kNR<T>}; }, C, ldc);
 }
 
+namespace {
+// Strip js of the split-rows B from row p0: each 16-column vector at its own offset.
+template <typename T>
+SplitRowStrip<T> split_rows_strip(int64_t N, const T* const* b_rows, const int64_t* vec_off, int64_t js, int64_t p0) {
+  SplitRowStrip<T> strip{b_rows + p0, {}};
+  const int64_t vectors = (N + kLanes<T> - 1) / kLanes<T>;
+  for (int64_t v = 0; v < kNV; ++v) strip.off[v] = vec_off[std::min(js * kNV + v, vectors - 1)];
+  return strip;
+}
+}  // namespace
+
 template <typename T>
 void gemm_packed_a_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows,
                                     const int64_t* vec_off, T beta, T* C, int64_t ldc) {
-  constexpr int64_t NV = kNV;
   gemm_packed_a_driver<T>(
-      M, N, K, a_packed,
-      [=](int64_t js, int64_t p0) {
-        SplitRowStrip<T> strip{b_rows + p0, {}};
-        const int64_t vectors = (N + kLanes<T> - 1) / kLanes<T>;
-        for (int64_t v = 0; v < NV; ++v) strip.off[v] = vec_off[std::min(js * NV + v, vectors - 1)];
-        return strip;
-      },
-      C, ldc, beta);
+      M, N, K, a_packed, [=](int64_t js, int64_t p0) { return split_rows_strip<T>(N, b_rows, vec_off, js, p0); }, C,
+      ldc, beta);
+}
+
+template <typename T>
+void gemm_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* const* b_rows,
+                           const int64_t* vec_off, T beta, T* C, int64_t ldc) {
+  const InPlaceA<T> a{A, lda};
+  gemm_strips_driver<T>(
+      M, N, K, [=](int64_t is, int64_t p0, int64_t) { return a.strip(M, is * kMR, p0); },
+      [=](int64_t js, int64_t p0) { return split_rows_strip<T>(N, b_rows, vec_off, js, p0); }, C, ldc, beta);
 }
 
 // Packs B[p0:p0+kc, j0:j0+nr] for B[k][n] = base[row_off[k] + col_off[n]]: the
@@ -779,6 +802,8 @@ void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst
   template void gemm_packed_a_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*, T*, int64_t);  \
   template void gemm_packed_a_split_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*,          \
                                                   const int64_t*, T, T*, int64_t);                               \
+  template void gemm_split_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T* const*,          \
+                                         const int64_t*, T, T*, int64_t);                                        \
   template void gemm_gather_b_cpu<T>(int64_t, int64_t, int64_t, SegmentedRows<T>, const T*, const int64_t*,      \
                                      const int64_t*, T, T*, int64_t);                                            \
   template void transpose_cpu<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);                   \
