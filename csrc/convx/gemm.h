@@ -94,16 +94,11 @@ void gemm_packed_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T
 template <typename T>
 void gemm_packed_a_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows, T* C,
                               int64_t ldc);
-// C (M x N, row stride ldc) = A * B + beta * C (beta 0 or 1) with A packed and B
-// read in place one 16-column vector at a time (8 for double): vector v of row k is
-// b_rows[k][vec_off[v] .. + lanes), for B whose vectors lie in different places
-// (the pixel-major weight gradient's columns, a run of channels per filter tap).
-// N must be a whole number of vectors.
-template <typename T>
-void gemm_packed_a_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows,
-                                    const int64_t* vec_off, T beta, T* C, int64_t ldc);
-// The same with A (M x K, row stride lda, rows contiguous along the reduction)
-// read in place instead of packed.
+// C (M x N, row stride ldc) = A * B + beta * C (beta 0 or 1), both read in place:
+// A (M x K) row-major with row stride lda, and B one 16-column vector at a time
+// (8 for double): vector v of row k is b_rows[k][vec_off[v] .. + lanes), for B
+// whose vectors lie in different places (the pixel-major weight gradient's
+// columns, a run of channels per filter tap). N must be a whole number of vectors.
 template <typename T>
 void gemm_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* const* b_rows,
                            const int64_t* vec_off, T beta, T* C, int64_t ldc);

@@ -592,14 +592,13 @@ void gemm_strips_driver(int64_t M, int64_t N, int64_t K, AStripAt a_strip, MakeS
   }
 }
 
-// The driver with A pre-packed (gemm_pack_a's layout).
+// The driver with A pre-packed (gemm_pack_a's layout), C overwritten.
 template <typename T, typename MakeStrip>
-void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, MakeStrip strip, T* C, int64_t ldc,
-                          T beta = T(0)) {
+void gemm_packed_a_driver(int64_t M, int64_t N, int64_t K, const T* a_packed, MakeStrip strip, T* C, int64_t ldc) {
   const int64_t Mp = (M + kMR - 1) / kMR * kMR;
   gemm_strips_driver<T>(
       M, N, K, [=](int64_t is, int64_t p0, int64_t kc) { return a_packed + p0 * Mp + is * kc * kMR; }, strip, C, ldc,
-      beta);
+      T(0));
 }
 }  // namespace
 
@@ -632,14 +631,6 @@ SplitRowStrip<T> split_rows_strip(int64_t N, const T* const* b_rows, const int64
   return strip;
 }
 }  // namespace
-
-template <typename T>
-void gemm_packed_a_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* a_packed, const T* const* b_rows,
-                                    const int64_t* vec_off, T beta, T* C, int64_t ldc) {
-  gemm_packed_a_driver<T>(
-      M, N, K, a_packed, [=](int64_t js, int64_t p0) { return split_rows_strip<T>(N, b_rows, vec_off, js, p0); }, C,
-      ldc, beta);
-}
 
 template <typename T>
 void gemm_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* const* b_rows,
@@ -800,8 +791,6 @@ void transpose_cpu(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst
   template void gemm_pack_a<T>(int64_t, int64_t, SegmentedRows<T>, T*);                               \
   template void gemm_packed_cpu<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, int64_t);           \
   template void gemm_packed_a_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*, T*, int64_t);  \
-  template void gemm_packed_a_split_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, const T* const*,          \
-                                                  const int64_t*, T, T*, int64_t);                               \
   template void gemm_split_rows_b_cpu<T>(int64_t, int64_t, int64_t, const T*, int64_t, const T* const*,          \
                                          const int64_t*, T, T*, int64_t);                                        \
   template void gemm_gather_b_cpu<T>(int64_t, int64_t, int64_t, SegmentedRows<T>, const T*, const int64_t*,      \
