@@ -461,6 +461,20 @@ void zero_past_last_image(const ShiftedGeometry& g, int64_t blocks, int64_t coun
     }
 }
 
+// dY of group gr for images n0 .. n0 + count as a Kg x (count * L) matrix with
+// row stride ld: filter k's plane of image n0 + j at dy[k * ld + j * L], as the
+// pixel-major forms' GEMMs read it.
+template <typename T>
+void copy_grad_output_rows(const Conv2dParams& p, const T* grad_output, int64_t gr, int64_t n0, int64_t count,
+                           int64_t ld, T* dy) {
+  const int64_t Kg = p.filters_per_group(), L = p.out_h() * p.out_w();
+  for (int64_t k = 0; k < Kg; ++k)
+    for (int64_t j = 0; j < count; ++j) {
+      const T* src = grad_output + ((n0 + j) * p.K + gr * Kg + k) * L;
+      std::copy(src, src + L, dy + k * ld + j * L);
+    }
+}
+
 // The weight gradient where the packed GEMM computes it (more outputs than dot
 // products suit), with the image transposed once to pixel-major planes. Handed
 // the R*S shifted views of every channel's plane, the GEMM's packing would
@@ -505,14 +519,9 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
   for (int64_t gr = 0; gr < p.groups; ++gr) {
     for (int64_t n0 = 0; n0 < p.N; n0 += images) {
       const int64_t count = std::min(images, p.N - n0);
-      for (int64_t j = 0; j < count; ++j) {
-        const int64_t n = n0 + j;
-        fill_planes(p, g, input + (n * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data());
-        for (int64_t k = 0; k < Kg; ++k) {
-          const T* src = grad_output + (n * p.K + gr * Kg + k) * L;
-          std::copy(src, src + L, dy.data() + (k * images + j) * L);
-        }
-      }
+      for (int64_t j = 0; j < count; ++j)
+        fill_planes(p, g, input + ((n0 + j) * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data());
+      copy_grad_output_rows(p, grad_output, gr, n0, count, images * L, dy.data());
       transpose_cpu<T>(Cg, pixels, planes.data(), pixels, xt.data(), Cg);
       const T beta = n0 > 0 ? T(1) : T(0);
       if (read_in_place) {
@@ -611,11 +620,7 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
                            weight + p.weight_numel());
     for (int64_t n0 = 0; n0 < p.N; n0 += images) {
       const int64_t count = std::min(images, p.N - n0);
-      for (int64_t k = 0; k < Kg; ++k)
-        for (int64_t j = 0; j < count; ++j) {
-          const T* src = grad_output + ((n0 + j) * p.K + gr * Kg + k) * L;
-          std::copy(src, src + L, dy.data() + k * count * L + j * L);
-        }
+      copy_grad_output_rows(p, grad_output, gr, n0, count, count * L, dy.data());
       gemm_cpu<T>(true, false, count * L, CRS, Kg, dy.data(), count * L, reordered.data(), CRS, T(0), col.data(), CRS);
       std::fill(dx_t, dx_t + pixels * Cg, T(0));
       // Images are independent: threads take whole images, each adding its pixels
