@@ -52,11 +52,8 @@ def test_results_do_not_depend_on_what_the_workspace_held(algo):
 
 
 def _conv_params(N, C, H, K):
-    p = _C.Conv2dParams()
-    p.N, p.C, p.H, p.W, p.K, p.R, p.S = N, C, H, H, K, 3, 3
-    p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 1
-    p.validate()
-    return p
+    """A 3x3, padding-1 layer on H x H images."""
+    return _C.Conv2dParams(N, C, H, H, K, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
 
 
 def _fill_workspace_with_nan():
