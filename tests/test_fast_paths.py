@@ -92,7 +92,7 @@ def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
         np.add.at(want[plane], idx.reshape(p.N * p.C, -1)[plane], gy.reshape(p.N * p.C, -1)[plane])
     np.testing.assert_array_equal(gx.reshape(p.N * p.C, -1), want)
 
-# ---- Winograd F(4x4, 3x3) ----------------------------------------------------------
+# ---- Winograd F(2x2, 3x3) and F(4x4, 3x3) --------------------------------------------
 
 def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, dilation=(1, 1), groups=1):
     """Validated params; stride is an int or an (h, w) pair, pads (top, bottom, left, right)."""
@@ -151,17 +151,19 @@ def test_winograd_error_against_float64_reference(layer, algo):
         assert _rel_err(runs[("float32", algo)][i], ref) <= 1e-4
 
 
-def test_winograd_2x2_error_close_to_im2col():
-    # The reason the dispatcher prefers F(2x2): its float32 error stays within a
-    # small factor of a float32 GEMM's (im2col), where F(4x4)'s is over 10x above.
-    # (The direct reference sums in double, so it is no float32 yardstick.)
+def test_winograd_error_close_to_im2col():
+    # Why the dispatcher may use either tile size: F(2x2)'s float32 error stays
+    # within a small factor of a float32 GEMM's (im2col), and F(4x4)'s, with its
+    # points 0, +-3/4, +-4/3, within a few times that (5-7x measured; the usual
+    # 0, +-1, +-2 gave over 20x). (The direct reference sums in double, so it is
+    # no float32 yardstick.)
     p = _conv_params(1, 192, 19, 19, 192, (1, 1, 1, 1))
     f2, f4, gemm = (_float64_and_float32_runs(p, a) for a in ("winograd_2x2", "winograd_4x4", "im2col"))
     for i in range(2):
         ref = gemm[("float64", "direct")][i]
         gemm_err = _rel_err(gemm[("float32", "im2col")][i], ref)
         assert _rel_err(f2[("float32", "winograd_2x2")][i], ref) <= 4 * gemm_err
-        assert _rel_err(f4[("float32", "winograd_4x4")][i], ref) > 10 * gemm_err
+        assert _rel_err(f4[("float32", "winograd_4x4")][i], ref) <= 10 * gemm_err
 
 
 @pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
@@ -188,13 +190,28 @@ def test_winograd_weight_gradient_against_float64_reference(layer):
     _C.conv2d_backward_weight(p, gy.astype(np.float32), x.astype(np.float32), gemm, "im2col")
     for dtype in (np.float64, np.float32):
         gw = np.empty((K, C, 3, 3), dtype)
-        # Either tile size asks for Winograd; the weight gradient has one form, F(3x3, 2x2).
-        for algo in WINOGRAD_ALGOS:
-            assert _C.conv2d_backward_weight(p, gy.astype(dtype), x.astype(dtype), gw, algo) == "winograd_2x2"
+        # F(3x3, 4x4) for winograd_4x4, F(3x3, 2x2) for winograd_2x2
+        for algo, factor in (("winograd_2x2", 4), ("winograd_4x4", 6)):
+            assert _C.conv2d_backward_weight(p, gy.astype(dtype), x.astype(dtype), gw, algo) == algo
             if dtype == np.float64:
                 assert _rel_err(gw, ref) <= 1e-12
-            else:  # about a float32 GEMM's error
-                assert _rel_err(gw, ref) <= max(4 * _rel_err(gemm, ref), 1e-6)
+            else:  # within a small factor of a float32 GEMM's error (F(3x3, 4x4): 1.3-2.7x measured)
+                assert _rel_err(gw, ref) <= max(factor * _rel_err(gemm, ref), 1e-6)
+
+
+@pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
+def test_winograd_weight_gradient_over_several_blocks(algo):
+    # 8 x 64 x 40 x 38 -> 64 is several blocks of tile rows for both tile sizes
+    # (each block's products add onto the last; F(4x4)'s last tile of each row
+    # half outside the image); float64, so a dropped or doubled block shows.
+    p = _conv_params(8, 64, 40, 38, 64, (1, 1, 1, 1))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W))
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w()))
+    ref, gw = np.empty((p.K, p.C, 3, 3)), np.empty((p.K, p.C, 3, 3))
+    _C.conv2d_backward_weight(p, gy, x, ref, "im2col")
+    assert _C.conv2d_backward_weight(p, gy, x, gw, algo) == algo
+    assert _rel_err(gw, ref) <= 1e-12
 
 
 @pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
@@ -206,7 +223,7 @@ def test_winograd_model_trains(algo):
     w = torch.randn(8, 16, 3, 3, dtype=torch.float64, requires_grad=True)
     with convx.record_algos() as log:
         F.conv2d(x, w, padding=1, algo=algo).square().sum().backward()
-    assert log == [f"conv2d_forward:{algo}", f"conv2d_backward_data:{algo}", "conv2d_backward_weight:winograd_2x2"]
+    assert log == [f"conv2d_forward:{algo}", f"conv2d_backward_data:{algo}", f"conv2d_backward_weight:{algo}"]
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     torch.nn.functional.conv2d(x2, w2, padding=1).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-10)

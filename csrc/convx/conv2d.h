@@ -61,10 +61,11 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
 template <typename T>
 void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
                                        T* grad_input, int64_t tile);
-// Weight gradient by F(3x3, 2x2) (the transpose of F(2x2, 3x3)).
+// Weight gradient by F(3x3, 2x2) or F(3x3, 4x4) (the transposes of F(2x2, 3x3) and
+// F(4x4, 3x3)), by `tile` (2 or 4).
 template <typename T>
 void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
-                                         T* grad_weight);
+                                         T* grad_weight, int64_t tile);
 
 // ---- im2col + GEMM ---------------------------------------------------------------
 template <typename T>

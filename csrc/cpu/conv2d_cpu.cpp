@@ -73,29 +73,30 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // many channels, like the AlphaGo net's 192 -> 1 output layer, is still a
   // long reduction: there the GEMM is 6x faster than the direct loops.)
   if (p.filters_per_group() <= 2 && p.channels_per_group() * p.R * p.S <= 16) return Conv2dAlgo::Direct;
-  // Winograd F(2x2, 3x3) does 2.25x fewer multiplies than im2col + GEMM at about
-  // the same float32 error (F(4x4) does 4x fewer, but with ~20x the rounding
-  // error, which compounds through deep stacks: opt-in only). It pays a transform
-  // per tile and channel, so it needs wide layers to amortize them, and one per
-  // filter, so it needs enough 2x2 tiles in the batch. Measured on one core:
-  // 64 -> 64 on 56x56 and the AlphaGo body (192 -> 192) at batch 1 (100 tiles)
-  // win; the seed's 25 -> 50 digits layer loses by up to 1.6x (its GEMMs are too
-  // thin for the transforms to pay off).
+  // Winograd F(2x2, 3x3) does 2.25x fewer multiplies than a GEMM over the taps,
+  // F(4x4, 3x3) 4x fewer (see conv2d_winograd_cpu.cpp for their float32 error:
+  // F(2x2) about a GEMM's, F(4x4) a few times that, 1e-6 relative on the suite's
+  // layers). Both pay a transform per tile and channel, so they need wide layers
+  // to amortize them, and one per filter, so they need enough tiles in the batch.
+  // Measured on one core: 64 -> 64 on 56x56 and the AlphaGo body (192 -> 192) at
+  // batch 1 (100 2x2 tiles) win; the seed's 25 -> 50 digits layer loses by up to
+  // 1.6x (its GEMMs are too thin for the transforms to pay off), and so does
+  // 32 -> 32 on 28x28.
   // Below 8x8 outputs per image the forward goes to the shifted GEMM instead
   // (512 channels on 7x7: 0.95x against Winograd's 0.87x; a 7x7 image pads to 16
   // tiles covering 8x8), and so does the backward-data pass where the shifted
-  // form runs it as a forward (the same layer: 0.88x against 0.84x). The weight
-  // gradient's F(3x3, 2x2) pays its transforms per tile and per input and output
-  // channel; it beats the shifted GEMM's
-  // pixel-major form on products of 16384+ channel pairs over 200+ tiles (ms on
-  // one core, Winograd / shifted: 192 -> 192 on 19x19 at batch 16 13.3 / 16.2,
-  // 128 -> 128 on 28x28 at batch 8 6.8 / 8.2, 256 -> 256 on 19x19 at batch 2
-  // 3.2 / 3.7), and on gradients too big for L2 (512 channels on 7x7, 9 MB, where
-  // the shifted GEMM's reduction is only 392 pixels long: speed vs torch 2.06x /
-  // 1.90x); it loses on fewer tiles (the AlphaGo body at batch 1: 1.02x / 1.12x)
-  // and on narrower layers (64 -> 64 on 56x56: 10.8 / 9.1 ms; 64 -> 128 on
-  // 112x112: 34.7 / 33.5 ms).
-  const int64_t tiles = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
+  // form runs it as a forward (the same layer: 0.88x against 0.84x).
+  const int64_t tiles2 = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
+  const int64_t tiles4 = p.N * ((p.out_h() + 3) / 4) * ((p.out_w() + 3) / 4);
+  // F(4x4) where its 36 products per 4x4 tile come to at most 60% of F(2x2)'s 16
+  // per 2x2 tile (56% on images whose sides are multiples of 4, and on 19x19;
+  // 14x14 pads to 16x16 and comes to 73%, where F(2x2) was 4-8% faster), with at
+  // least one GEMM strip (48) of 4x4 tiles in the batch (512 channels on 7x7 at
+  // batch 8 has 32, and F(2x2) was 11-40% faster). Ms on one core, F(4x4) /
+  // F(2x2), forward, backward-data, weight gradient: AlphaGo body at batch 16
+  // 9.0 / 10.9, 9.2 / 11.1, 9.1 / 11.5; at batch 2 1.47 / 1.53, 1.46 / 1.55,
+  // 1.42 / 1.50; at batch 1 F(2x2) ahead by 0-5%, 8% in the weight gradient.
+  const bool four_by_four = tiles4 >= 48 && 36 * tiles4 <= 0.6 * 16 * tiles2;
   const bool small_images = p.out_h() * p.out_w() < 64;
   bool winograd_wins = true;
   switch (direction) {
@@ -104,11 +105,18 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
       winograd_wins = !(small_images && conv2d_shifted_backward_data_flips(p));
       break;
     case Conv2dDirection::BackwardWeight:
-      winograd_wins = (p.C * p.K >= 16384 && tiles >= 200) || p.C * p.K >= 131072;
+      // The weight gradient's F(3x3, 2x2) / F(3x3, 4x4) pay their transforms per
+      // tile and per input and output channel. Against the shifted GEMM's
+      // pixel-major form (ms on one core, Winograd / shifted): F(4x4) wins from
+      // 4096 channel pairs (64 -> 64 on 56x56 7.1 / 8.0, on 28x28 at batch 8
+      // 1.9 / 2.1; 64 -> 128 on 112x112 20.8 / 31.5); F(2x2) from 16384 (AlphaGo
+      // body at batch 1 0.86 / 1.12, 512 channels on 7x7 7.7 / 9.2), and loses
+      // on 64 -> 64 on 14x14 at batch 32 (2.41 / 2.19).
+      winograd_wins = four_by_four || p.C * p.K >= 16384;
       break;
   }
-  if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && tiles >= 64 && winograd_wins)
-    return Conv2dAlgo::Winograd2x2;
+  if (conv2d_winograd_applies(p) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && tiles2 >= 64 && winograd_wins)
+    return four_by_four ? Conv2dAlgo::Winograd4x4 : Conv2dAlgo::Winograd2x2;
   // A 1x1 layer's GEMM reads the image itself (no im2col): nothing to save.
   if (is_pointwise(p)) return Conv2dAlgo::Im2col;
   // The shifted-plane GEMM skips im2col's copy of the image R*S times over, at the
@@ -611,13 +619,10 @@ template <typename T>
 Conv2dAlgo conv2d_backward_weight_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                       T* grad_weight, Conv2dAlgo algo) {
   if (algo == Conv2dAlgo::Auto) algo = conv2d_choose_algo(p, Conv2dDirection::BackwardWeight);
-  if (is_winograd(algo)) {
-    require_winograd(p, algo);
-    algo = Conv2dAlgo::Winograd2x2;  // the one weight-gradient form, F(3x3, 2x2)
-  }
+  if (is_winograd(algo)) require_winograd(p, algo);
   if (algo == Conv2dAlgo::Shifted) require_shifted(p);
-  if (algo == Conv2dAlgo::Winograd2x2)
-    conv2d_backward_weight_winograd_cpu(p, grad_output, input, grad_weight);
+  if (is_winograd(algo))
+    conv2d_backward_weight_winograd_cpu(p, grad_output, input, grad_weight, winograd_tile(algo));
   else if (algo == Conv2dAlgo::Direct)
     conv2d_backward_weight_direct_cpu(p, grad_output, input, grad_weight);
   else if (algo == Conv2dAlgo::Shifted && conv2d_backward_weight_shifted_cpu(p, grad_output, input, grad_weight))

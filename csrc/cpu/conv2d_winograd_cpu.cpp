@@ -1,7 +1,8 @@
 // conv2d by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016), for
-// 3x3 filters with stride 1, dilation 1 and one group: forward, and backward-data,
+// 3x3 filters with stride 1, dilation 1 and one group: forward; backward-data,
 // which for such a layer is itself a 3x3 stride-1 convolution (of the output
-// gradient, with the filters rotated by 180 degrees and in/out channels swapped).
+// gradient, with the filters rotated by 180 degrees and in/out channels swapped);
+// and the weight gradient by the transposed algorithm (at the end of the file).
 //
 // The output is cut into m x m tiles; each reads an (m+2) x (m+2) input patch d
 // (tiles overlap by 2). With the transforms below, one tile of one filter is
@@ -15,25 +16,37 @@
 //
 // Two tile sizes, because accuracy and speed pull apart:
 // - F(4x4, 3x3): 36 products for 16 outputs, 4x fewer multiplies than direct.
-//   Its transforms (points 0, +-1, +-2, infinity) have entries up to 8 and 1/24,
-//   so float32 results carry ~20x the rounding error of a direct sum (about 1e-5
-//   relative on a 192-channel layer; the tests bound it by 1e-4).
+//   Its transforms interpolate at 0, +-3/4, +-4/3 and infinity. The usual points
+//   0, +-1, +-2 put entries up to 8 and 1/24 in the matrices, and float32 results
+//   carried ~20x a GEMM's rounding error (1e-5 relative on a 192-channel layer).
+//   A search over small fractions for the points with the least float32 error on
+//   128-channel layers (after Barabasz et al., "Error analysis and improving the
+//   accuracy of Winograd convolution", 2020) found these: 5-7x a GEMM's error
+//   (2e-6 relative), with the same pairs of +-a points, so the same operation
+//   count. Non-dyadic entries such as 16/9 are rounded to T, which the float32
+//   error above includes.
 // - F(2x2, 3x3): 16 products for 4 outputs, 2.25x fewer multiplies; transforms of
-//   0, +-1 and 1/2 only, with an error close to the direct sum's. Through a deep
-//   stack of layers (the AlphaGo policy network's gradients) the error of F(4x4)
-//   compounds to percent level, which is why the dispatcher prefers F(2x2).
+//   0, +-1 and 1/2 only, with an error close to a GEMM's. It is the faster of the
+//   two on few tiles (the AlphaGo body at batch 1) and where 4x4 tiles pad the
+//   image more (14x14); conv2d_choose_algo picks between them.
 //
-//   F(4x4, 3x3):                                             F(2x2, 3x3):
-//   B^T = [ 4  0 -5  0  1  0 ]  G = [  1/4    0     0  ]      B^T = [ 1  0 -1  0 ]
-//         [ 0 -4 -4  1  1  0 ]      [ -1/6  -1/6  -1/6 ]            [ 0  1  1  0 ]
-//         [ 0  4 -4 -1  1  0 ]      [ -1/6   1/6  -1/6 ]            [ 0 -1  1  0 ]
-//         [ 0 -2 -1  2  1  0 ]      [ 1/24  1/12   1/6 ]            [ 0  1  0 -1 ]
-//         [ 0  2 -1 -2  1  0 ]      [ 1/24 -1/12   1/6 ]      G   = [ 1    0    0  ]
-//         [ 0  4  0 -5  0  1 ]      [   0     0     1  ]            [ 1/2  1/2  1/2 ]
-//   A^T = [ 1  1  1  1  1  0 ]                                      [ 1/2 -1/2  1/2 ]
-//         [ 0  1 -1  2 -2  0 ]                                      [ 0    0    1  ]
-//         [ 0  1  1  4  4  0 ]                                A^T = [ 1  1  1  0 ]
-//         [ 0  1 -1  8 -8  1 ]                                      [ 0  1 -1 -1 ]
+//   F(4x4, 3x3):
+//   B^T = [ 1    0   -337/144    0        1  0 ]   G = [    1        0        0     ]
+//         [ 0  -4/3   -16/9     3/4       1  0 ]       [ -128/175 -96/175  -72/175 ]
+//         [ 0   4/3   -16/9    -3/4       1  0 ]       [ -128/175  96/175  -72/175 ]
+//         [ 0  -3/4   -9/16     4/3       1  0 ]       [   81/350  54/175   72/175 ]
+//         [ 0   3/4   -9/16    -4/3       1  0 ]       [   81/350 -54/175   72/175 ]
+//         [ 0    1      0     -337/144    0  1 ]       [    0        0        1     ]
+//   A^T = [ 1   1      1      1      1     0 ]
+//         [ 0  3/4   -3/4    4/3   -4/3    0 ]
+//         [ 0  9/16   9/16  16/9   16/9    0 ]
+//         [ 0 27/64 -27/64 64/27 -64/27    1 ]
+//
+//   F(2x2, 3x3):
+//   B^T = [ 1  0 -1  0 ]   G = [ 1    0    0  ]   A^T = [ 1  1  1  0 ]
+//         [ 0  1  1  0 ]       [ 1/2  1/2  1/2 ]         [ 0  1 -1 -1 ]
+//         [ 0 -1  1  0 ]       [ 1/2 -1/2  1/2 ]
+//         [ 0  1  0 -1 ]       [ 0    0    1  ]
 #include <omp.h>
 
 #include <algorithm>
@@ -130,39 +143,67 @@ struct TransformedFilters {
   const T* get() const { return packed.data(); }
 };
 
-// Each tile size as a policy: the edge of a tile and of its patch, G, and the two
+// Each tile size as a policy: the edge of a tile and of its patch, G, and the three
 // 1-D transforms applied to rows of n tiles at once. input_rows: y[0..P-1][t] =
-// B^T x[0..P-1][t]; output_rows: y[0..m-1][t] = A^T x[0..P-1][t], for t in [0, n),
+// B^T x[0..P-1][t]; output_rows: y[0..m-1][t] = A^T x[0..P-1][t]; grad_rows (the
+// weight gradient's): y[0..P-1][t] = A x[0..m-1][t]; for t in [0, n),
 // rows `xs` / `ys` apart. The loops run across tiles, so each line is one vector
-// operation.
+// operation. `ivdep`: the rows never overlap, which the compiler cannot prove
+// from the strides; without it F(4x4)'s six-row transforms stayed scalar (8% of
+// its forward, 15% of its weight gradient, on 192 channels at batch 16) and the
+// others ran behind run-time overlap tests.
 struct WinogradF4 {
   static constexpr int64_t kTile = 4, kPatch = 6, kXi = 36;
-  static constexpr double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                     {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  static constexpr double G[6][3] = {{1, 0, 0},
+                                     {-128.0 / 175, -96.0 / 175, -72.0 / 175},
+                                     {-128.0 / 175, 96.0 / 175, -72.0 / 175},
+                                     {81.0 / 350, 54.0 / 175, 72.0 / 175},
+                                     {81.0 / 350, -54.0 / 175, 72.0 / 175},
+                                     {0, 0, 1}};
   template <typename T>
   static void input_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
     for (int64_t t = 0; t < n; ++t) {
       const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
               x5 = x[5 * xs + t];
-      y[t] = T(4) * x0 - T(5) * x2 + x4;
-      y[ys + t] = -T(4) * (x1 + x2) + x3 + x4;
-      y[2 * ys + t] = T(4) * (x1 - x2) - x3 + x4;
-      y[3 * ys + t] = T(2) * (x3 - x1) - x2 + x4;
-      y[4 * ys + t] = T(2) * (x1 - x3) - x2 + x4;
-      y[5 * ys + t] = T(4) * x1 - T(5) * x3 + x5;
+      const T e1 = x4 - T(16.0 / 9) * x2, o1 = T(3.0 / 4) * x3 - T(4.0 / 3) * x1;
+      const T e3 = x4 - T(9.0 / 16) * x2, o3 = T(4.0 / 3) * x3 - T(3.0 / 4) * x1;
+      y[t] = x0 - T(337.0 / 144) * x2 + x4;
+      y[ys + t] = e1 + o1;
+      y[2 * ys + t] = e1 - o1;
+      y[3 * ys + t] = e3 + o3;
+      y[4 * ys + t] = e3 - o3;
+      y[5 * ys + t] = x1 - T(337.0 / 144) * x3 + x5;
     }
   }
   template <typename T>
   static void output_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
     for (int64_t t = 0; t < n; ++t) {
       const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
               x5 = x[5 * xs + t];
       const T p12 = x1 + x2, m12 = x1 - x2, p34 = x3 + x4, m34 = x3 - x4;
       y[t] = x0 + p12 + p34;
-      y[ys + t] = m12 + T(2) * m34;
-      y[2 * ys + t] = p12 + T(4) * p34;
-      y[3 * ys + t] = m12 + T(8) * m34 + x5;
+      y[ys + t] = T(3.0 / 4) * m12 + T(4.0 / 3) * m34;
+      y[2 * ys + t] = T(9.0 / 16) * p12 + T(16.0 / 9) * p34;
+      y[3 * ys + t] = T(27.0 / 64) * m12 + T(64.0 / 27) * m34 + x5;
+    }
+  }
+  // y[0..5][t] = A x[0..3][t], the weight gradient's transform of output-gradient
+  // tiles: row u is the polynomial with coefficients x evaluated at point u.
+  template <typename T>
+  static void grad_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t];
+      const T e1 = x0 + T(9.0 / 16) * x2, o1 = T(3.0 / 4) * x1 + T(27.0 / 64) * x3;
+      const T e3 = x0 + T(16.0 / 9) * x2, o3 = T(4.0 / 3) * x1 + T(64.0 / 27) * x3;
+      y[t] = x0;
+      y[ys + t] = e1 + o1;
+      y[2 * ys + t] = e1 - o1;
+      y[3 * ys + t] = e3 + o3;
+      y[4 * ys + t] = e3 - o3;
+      y[5 * ys + t] = x3;
     }
   }
 };
@@ -172,6 +213,7 @@ struct WinogradF2 {
   static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
   template <typename T>
   static void input_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
     for (int64_t t = 0; t < n; ++t) {
       const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t];
       y[t] = x0 - x2;
@@ -182,10 +224,22 @@ struct WinogradF2 {
   }
   template <typename T>
   static void output_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
     for (int64_t t = 0; t < n; ++t) {
       const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t];
       y[t] = x0 + x1 + x2;
       y[ys + t] = x1 - x2 - x3;
+    }
+  }
+  template <typename T>
+  static void grad_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t];
+      y[t] = x0;
+      y[ys + t] = x0 + x1;
+      y[2 * ys + t] = x0 - x1;
+      y[3 * ys + t] = -x1;
     }
   }
 };
@@ -435,81 +489,88 @@ void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_outp
                               no_bias, grad_input);
 }
 
+namespace {
+
 // The weight gradient's transform of one filter's output gradient over the tiles
-// of a block: gather the 2x2 tiles y (zero past the image edge), then
-// (A y A^T)[xi] with (A y)_u = y0, y0 + y1, y0 - y1, -y1 along each axis, as vector
-// operations across tiles, into out[xi * out_stride + t]. y and a are scratch
-// (4 and 8 rows of tiles).
-template <typename T>
+// of a block: gather the m x m tiles y (zero past the image edge), then
+// (A y A^T)[xi] with F::grad_rows along each axis, as vector operations across
+// tiles, into out[xi * out_stride + t]. y and a are scratch (kTile^2 and
+// kPatch * kTile rows of tiles).
+template <typename F, typename T>
 CONVX_SIMD_CLONES void grad_output_tiles(const T* plane0, int64_t image_stride, int64_t OH, int64_t OW, int64_t row0,
                                          int64_t rows, int64_t th, int64_t tw, T* y, T* a, T* out,
                                          int64_t out_stride) {
-  constexpr int64_t kTile = WinogradF2::kTile, kPatch = WinogradF2::kPatch;
-  static_assert(kTile == 2, "the gather below splits rows into even and odd columns");
+  constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
   const int64_t tiles = rows * tw;
   for (int64_t rb = 0; rb < rows; ++rb) {
     const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
     const T* plane = plane0 + n * image_stride;
     for (int64_t i = 0; i < kTile; ++i) {
       const int64_t oh = tr * kTile + i;
-      T* __restrict even = y + (i * kTile + 0) * tiles + rb * tw;  // column 2 tc of each tile
-      T* __restrict odd = y + (i * kTile + 1) * tiles + rb * tw;   // column 2 tc + 1
+      T* __restrict cols[kTile];  // cols[jj][tc]: column kTile * tc + jj of the row
+      for (int64_t jj = 0; jj < kTile; ++jj) cols[jj] = y + (i * kTile + jj) * tiles + rb * tw;
       if (oh >= OH) {
-        std::fill(even, even + tw, T(0));
-        std::fill(odd, odd + tw, T(0));
+        for (int64_t jj = 0; jj < kTile; ++jj) std::fill(cols[jj], cols[jj] + tw, T(0));
         continue;
       }
-      // Tiles whose two columns both exist split the row into even and odd columns
+      // Tiles whose columns all exist split the row into its kTile column phases
       // with no bounds tests (a loop the compiler vectorizes); the tile past the
       // right edge, if any, is zero-padded. A per-element bounds test here cost a
       // quarter of the weight gradient's time on 64 channels at 56x56.
       const T* __restrict row = plane + oh * OW;
       const int64_t whole = std::min(tw, OW / kTile);
-      for (int64_t tc = 0; tc < whole; ++tc) {
-        even[tc] = row[2 * tc];
-        odd[tc] = row[2 * tc + 1];
-      }
-      for (int64_t tc = whole; tc < tw; ++tc) {
-        even[tc] = 2 * tc < OW ? row[2 * tc] : T(0);
-        odd[tc] = 2 * tc + 1 < OW ? row[2 * tc + 1] : T(0);
-      }
+      for (int64_t tc = 0; tc < whole; ++tc)
+#pragma GCC unroll 4
+        for (int64_t jj = 0; jj < kTile; ++jj) cols[jj][tc] = row[kTile * tc + jj];
+      for (int64_t tc = whole; tc < tw; ++tc)
+        for (int64_t jj = 0; jj < kTile; ++jj) cols[jj][tc] = kTile * tc + jj < OW ? row[kTile * tc + jj] : T(0);
     }
   }
-  // over i: a[u][j] = (A y[., j])_u. __restrict here and below: without it the
-  // compiler cannot rule out that the rows overlap and leaves both passes scalar
-  // (they were a fifth of the weight gradient's time).
-  for (int64_t j = 0; j < kTile; ++j) {
-    const T* __restrict y0 = y + j * tiles;
-    const T* __restrict y1 = y + (kTile + j) * tiles;
-    T* __restrict a0 = a + (0 * kTile + j) * tiles;
-    T* __restrict a1 = a + (1 * kTile + j) * tiles;
-    T* __restrict a2 = a + (2 * kTile + j) * tiles;
-    T* __restrict a3 = a + (3 * kTile + j) * tiles;
-    for (int64_t t = 0; t < tiles; ++t) {
-      a0[t] = y0[t];
-      a1[t] = y0[t] + y1[t];
-      a2[t] = y0[t] - y1[t];
-      a3[t] = -y1[t];
-    }
-  }
-  // over j: out[u][v] = (A a[u, .])_v
-  for (int64_t u = 0; u < kPatch; ++u) {
-    const T* __restrict b0 = a + (u * kTile + 0) * tiles;
-    const T* __restrict b1 = a + (u * kTile + 1) * tiles;
-    T* __restrict o0 = out + (u * kPatch) * out_stride;
-    T* __restrict o1 = o0 + out_stride;
-    T* __restrict o2 = o1 + out_stride;
-    T* __restrict o3 = o2 + out_stride;
-    for (int64_t t = 0; t < tiles; ++t) {
-      o0[t] = b0[t];
-      o1[t] = b0[t] + b1[t];
-      o2[t] = b0[t] - b1[t];
-      o3[t] = -b1[t];
-    }
-  }
+  // over i: a[u][j] = (A y[., j])_u, for each column j (the i-rows kTile rows apart)
+  for (int64_t j = 0; j < kTile; ++j) F::grad_rows(y + j * tiles, kTile * tiles, a + j * tiles, kTile * tiles, tiles);
+  // over j: out[u][v] = (A a[u, .])_v (the j-rows of one u adjacent)
+  for (int64_t u = 0; u < kPatch; ++u)
+    F::grad_rows(a + u * kTile * tiles, tiles, out + u * kPatch * out_stride, out_stride, tiles);
 }
 
-// ---- backward-weight: F(3x3, 2x2) ------------------------------------------------
+constexpr int64_t kWeightChunk = 64;
+
+// The weight gradient's last step for filters kc0 .. kc0 + n - 1 (n <= kWeightChunk):
+// dW[kc] = G^T P[.][kc] G, with P[xi] the xi-th product (filters entries apart).
+// Filters are vector lanes, so each step reads whole runs of one product: one
+// filter at a time read its kXi values a product apart (a cache line each), which
+// was a fifth of F(3x3, 4x4)'s time on 192 channels.
+template <typename F, typename T>
+CONVX_SIMD_CLONES void weights_from_products(const T* P, int64_t filters, int64_t kc0, int64_t n, T* grad_weight) {
+  constexpr int64_t kPatch = F::kPatch;
+  T q[kPatch][3][kWeightChunk];  // P G
+  for (int64_t u = 0; u < kPatch; ++u)
+    for (int s = 0; s < 3; ++s) {
+      T* __restrict acc = q[u][s];
+      std::fill(acc, acc + n, T(0));
+      for (int64_t v = 0; v < kPatch; ++v) {
+        const T g = T(F::G[v][s]);
+        if (g == T(0)) continue;
+        const T* __restrict product = P + (u * kPatch + v) * filters + kc0;
+        for (int64_t e = 0; e < n; ++e) acc[e] += product[e] * g;
+      }
+    }
+  T w[9][kWeightChunk];  // G^T (P G)
+  for (int r = 0; r < 3; ++r)
+    for (int s = 0; s < 3; ++s) {
+      T* __restrict acc = w[r * 3 + s];
+      std::fill(acc, acc + n, T(0));
+      for (int64_t u = 0; u < kPatch; ++u) {
+        const T g = T(F::G[u][r]);
+        if (g == T(0)) continue;
+        for (int64_t e = 0; e < n; ++e) acc[e] += g * q[u][s][e];
+      }
+    }
+  for (int64_t e = 0; e < n; ++e)
+    for (int j = 0; j < 9; ++j) grad_weight[(kc0 + e) * 9 + j] = w[j][e];
+}
+
+// ---- backward-weight: F(3x3, 2x2) and F(3x3, 4x4) ---------------------------------
 // grad_weight[k, c, r, s] = sum_{n, oh, ow} grad_output[n, k, oh, ow] * input[n, c, oh - pad_top + r, ow - pad_left + s].
 // Cut grad_output into 2x2 tiles y; each meets a 4x4 input patch x (the same
 // patches as the forward F(2x2) tiles), and its contribution to the 3x3 gradient
@@ -521,10 +582,23 @@ CONVX_SIMD_CLONES void grad_output_tiles(const T* plane0, int64_t image_stride, 
 // with dW = G^T P G per filter at the end. 16 products per 2x2 tile instead of
 // 36 multiply-adds per tile and filter tap pair: 2.25x fewer multiplies, with
 // F(2x2)'s small transform entries (0, +-1, 1/2), so about a GEMM's accuracy.
-template <typename T>
-void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
-                                         T* grad_weight) {
-  using F = WinogradF2;
+// F(3x3, 4x4), the transpose of F(4x4, 3x3), is the same with 4x4 tiles and 6x6
+// patches: 36 products per 16 outputs, 4x fewer multiplies.
+// The weight gradient's transforms run across the tiles of a block, 16 floats a
+// vector; a block of 16k + 6 tiles finishes each row with 6 scalar steps, which
+// on 192 channels at 19x19 (150-tile blocks) took 40% of the output-gradient
+// transform. Among heights from half the largest to the largest, prefer blocks
+// whose tile count is a multiple of 16 (then of 8), the tallest such.
+int64_t rows_per_vector_block(int64_t tile_rows, int64_t tw, int64_t largest) {
+  if (largest >= tile_rows) return tile_rows;
+  for (const int64_t lanes : {16, 8})
+    for (int64_t rows = largest; rows >= std::max<int64_t>(1, largest / 2); --rows)
+      if ((rows * tw) % lanes == 0) return rows;
+  return largest;
+}
+
+template <typename F, typename T>
+void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const T* input, T* grad_weight) {
   constexpr int64_t kTile = F::kTile, kPatch = F::kPatch, kXi = F::kXi;
   const int64_t C = p.C, K = p.K, OH = p.out_h(), OW = p.out_w();
   if (p.N == 0) {
@@ -534,8 +608,8 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
   const int64_t th = (OH + kTile - 1) / kTile, tw = (OW + kTile - 1) / kTile;
   const int64_t tile_rows = p.N * th;
   const double bytes_per_tile = double(kXi) * double(C + K) * sizeof(T);
-  const int64_t rows_per_block =
-      std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(kBlockBytes / bytes_per_tile) / tw));
+  const int64_t rows_per_block = rows_per_vector_block(
+      tile_rows, tw, std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(kBlockBytes / bytes_per_tile) / tw)));
   const int64_t max_tiles = rows_per_block * tw;
   Scratch<T> X(WorkspaceSlot::Input, kXi * C * max_tiles), Y(WorkspaceSlot::Output, kXi * K * max_tiles),
       P(WorkspaceSlot::Aux, kXi * K * C);
@@ -554,10 +628,10 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
         input_tiles<F>(input + c * p.H * p.W, C * p.H * p.W, p.H, p.W, p.pad_top, p.pad_left, row0, rows, th, tw,
                        d.data(), e.data(), X.data() + c * tiles, C * tiles, tiles, 0, prefetch && c + 1 < C);
       }
-      // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi], (A y)_u = y0, y0 + y1, y0 - y1, -y1.
+      // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi].
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < K; ++k)
-        grad_output_tiles(grad_output + k * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw, d.data(), e.data(),
+        grad_output_tiles<F>(grad_output + k * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw, d.data(), e.data(),
                           Y.data() + k * tiles, K * tiles);
     }
     // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
@@ -568,29 +642,30 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
                   row0 == 0 ? T(0) : T(1), P.data() + xi * K * C, C);
   }
 
-  // dW[k][c] = G^T P[.][k][c] G
-  const int64_t filters = K * C;
+  // dW[k][c] = G^T P[.][k][c] G, for chunks of filters at a time (see weights_from_products)
+  const int64_t filters = K * C, chunks = (filters + kWeightChunk - 1) / kWeightChunk;
 #pragma omp parallel for schedule(static) if (filters > 4096)
-  for (int64_t kc = 0; kc < filters; ++kc) {
-    T q[kPatch][3];  // P G
-    for (int64_t u = 0; u < kPatch; ++u)
-      for (int s = 0; s < 3; ++s) {
-        T acc = 0;
-        for (int64_t v = 0; v < kPatch; ++v) acc += P.data()[(u * kPatch + v) * filters + kc] * T(F::G[v][s]);
-        q[u][s] = acc;
-      }
-    for (int r = 0; r < 3; ++r)
-      for (int s = 0; s < 3; ++s) {
-        T acc = 0;
-        for (int64_t u = 0; u < kPatch; ++u) acc += T(F::G[u][r]) * q[u][s];
-        grad_weight[kc * 9 + r * 3 + s] = acc;
-      }
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t kc0 = chunk * kWeightChunk;
+    weights_from_products<F>(P.data(), filters, kc0, std::min(kWeightChunk, filters - kc0), grad_weight);
   }
 }
 
-template void conv2d_backward_weight_winograd_cpu<float>(const Conv2dParams&, const float*, const float*, float*);
+}  // namespace
+
+template <typename T>
+void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* input, T* grad_weight,
+                                         int64_t tile) {
+  if (tile == 4)
+    winograd_backward_weight<WinogradF4>(p, grad_output, input, grad_weight);
+  else
+    winograd_backward_weight<WinogradF2>(p, grad_output, input, grad_weight);
+}
+
+template void conv2d_backward_weight_winograd_cpu<float>(const Conv2dParams&, const float*, const float*, float*,
+                                                         int64_t);
 template void conv2d_backward_weight_winograd_cpu<double>(const Conv2dParams&, const double*, const double*,
-                                                          double*);
+                                                          double*, int64_t);
 template void conv2d_forward_winograd_cpu<float>(const Conv2dParams&, const float*, const float*, const float*,
                                                  float*, int64_t);
 template void conv2d_forward_winograd_cpu<double>(const Conv2dParams&, const double*, const double*,
