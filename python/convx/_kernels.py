@@ -46,11 +46,11 @@ def _note(op: str, algo: str) -> None:
 # Like torch.backends.cudnn.benchmark: off by default (the dispatcher's heuristic
 # decides); when on, the first 'auto' call for each shape times every candidate
 # once on the real data and the fastest is used for that shape from then on.
-# Winograd F(4x4) is never a candidate: its float32 error is ~20x a GEMM's, and a
-# timing-driven choice must not change accuracy behind the user's back. The
-# direct reference is a candidate only for small layers (it is a plain loop nest).
+# Both Winograd tile sizes are candidates: the heuristic itself picks F(4x4) where
+# it is faster, and its float32 error is within a few times a GEMM's. The direct
+# reference is a candidate only for small layers (it is a plain loop nest).
 
-_BENCHMARK_CANDIDATES = ("im2col", "shifted", "winograd_2x2", "direct")
+_BENCHMARK_CANDIDATES = ("im2col", "shifted", "winograd_2x2", "winograd_4x4", "direct")
 _DIRECT_CANDIDATE_MAX_FLOPS = 2e7
 
 _benchmark_lock = threading.Lock()
