@@ -512,6 +512,9 @@ PYBIND11_MODULE(_C, m) {
                                      direction + "'");
     return std::string(conv2d_algo_name(conv2d_choose_algo(p, d)));
   }, py::arg("params"), py::arg("direction"));
+  m.def("set_allow_winograd_4x4", &conv2d_set_allow_winograd_4x4, py::arg("allow"),
+        "Whether the CPU dispatcher may pick Winograd F(4x4) (process-wide).");
+  m.def("allow_winograd_4x4", &conv2d_allow_winograd_4x4);
   m.def("simd_level", &simd_level, "Instruction set the SIMD kernels use on this CPU.");
   m.def("max_threads", &max_threads, "OpenMP threads a kernel started from this thread uses.");
   // ---- benchmark support: the machine's FP32 peak and the thread count at run time ----

@@ -25,8 +25,12 @@ def _params(N=2, C=16, H=12, W=12, K=16):
 class _FakeKernels:
     """Stands in for _C: each algorithm 'takes' a fixed time on a fake clock."""
 
-    def __init__(self, cost, refuse=()):
+    def __init__(self, cost, refuse=(), allow_winograd_4x4=True):
         self.cost, self.refuse, self.now, self.calls = cost, refuse, 0.0, []
+        self.allow = allow_winograd_4x4
+
+    def allow_winograd_4x4(self):
+        return self.allow
 
     def clock(self):
         return self.now
@@ -72,6 +76,16 @@ def test_benchmark_mode_skips_candidates_that_do_not_apply(monkeypatch):
     convx.set_benchmark(True)
     _kernels.conv2d_forward(p, x, w, None, "auto")
     assert list(convx.benchmark_cache().values()) == ["direct"]
+
+
+def test_benchmark_mode_leaves_out_winograd_4x4_when_it_is_not_allowed(monkeypatch):
+    fake = _FakeKernels({"im2col": 3.0, "shifted": 2.5, "winograd_2x2": 1.0, "winograd_4x4": 0.5, "direct": 2.0},
+                        allow_winograd_4x4=False)
+    p, x, w = _fake_conv(monkeypatch, fake)
+    convx.set_benchmark(True)
+    _kernels.conv2d_forward(p, x, w, None, "auto")
+    assert "winograd_4x4" not in fake.calls
+    assert list(convx.benchmark_cache().values()) == ["winograd_2x2"]
 
 
 def test_benchmark_mode_off_or_forced_algo_never_times(monkeypatch):

@@ -166,6 +166,29 @@ def test_winograd_error_close_to_im2col():
         assert _rel_err(f4[("float32", "winograd_4x4")][i], ref) <= 10 * gemm_err
 
 
+def test_allow_winograd_4x4_switches_the_dispatcher_between_tile_sizes():
+    torch = pytest.importorskip("torch")
+    import convx
+    import convx.functional as F
+    # 64 -> 64 on 28x28 at batch 2: 98 4x4 tiles, where 'auto' picks F(4x4); without
+    # it, F(2x2), and for the weight gradient (4096 channel pairs) the shifted GEMM
+    x = torch.randn(2, 64, 28, 28, requires_grad=True)
+    w = torch.randn(64, 64, 3, 3, requires_grad=True)
+    ops = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
+    assert convx.allow_winograd_4x4()
+    try:
+        for allowed, algos in ((True, ["winograd_4x4"] * 3), (False, ["winograd_2x2"] * 2 + ["shifted"])):
+            convx.set_allow_winograd_4x4(allowed)
+            assert convx.allow_winograd_4x4() is allowed
+            with convx.record_algos() as log:
+                F.conv2d(x, w, padding=1).sum().backward()
+            assert log == [f"{op}:{algo}" for op, algo in zip(ops, algos)]
+        with pytest.raises(TypeError, match="allowed must be a bool, got 1"):
+            convx.set_allow_winograd_4x4(1)
+    finally:
+        convx.set_allow_winograd_4x4(True)
+
+
 @pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
 @pytest.mark.parametrize("kwargs", [dict(R=5, S=5), dict(stride=2), dict(groups=2)])
 def test_winograd_refuses_other_layers(kwargs, algo):

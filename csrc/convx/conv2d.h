@@ -16,6 +16,10 @@ enum class Conv2dDirection { Forward, BackwardData, BackwardWeight };
 
 // The dispatcher's default choice for a shape and direction (never Auto).
 Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction);
+// Whether conv2d_choose_algo may pick Winograd F(4x4) (process-wide, on by
+// default): off keeps 'auto' to F(2x2), whose float32 error is about a GEMM's.
+void conv2d_set_allow_winograd_4x4(bool allow);
+bool conv2d_allow_winograd_4x4();
 
 // Each entry point resolves Auto through conv2d_choose_algo and returns the
 // algorithm that actually ran. Winograd exists for all three directions of 3x3

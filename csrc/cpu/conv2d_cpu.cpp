@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -65,6 +66,13 @@ const char* conv2d_algo_name(Conv2dAlgo algo) {
   return "unknown";
 }
 
+namespace {
+std::atomic<bool> allow_winograd_4x4{true};
+}  // namespace
+
+void conv2d_set_allow_winograd_4x4(bool allow) { allow_winograd_4x4.store(allow, std::memory_order_relaxed); }
+bool conv2d_allow_winograd_4x4() { return allow_winograd_4x4.load(std::memory_order_relaxed); }
+
 Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) {
   // Depthwise layers (one or two filters per group, each a few taps of one
   // channel): the GEMM's M dimension is smaller than its 8-row micro-tile and its
@@ -96,7 +104,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // F(2x2), forward, backward-data, weight gradient: AlphaGo body at batch 16
   // 9.0 / 10.9, 9.2 / 11.1, 9.1 / 11.5; at batch 2 1.47 / 1.53, 1.46 / 1.55,
   // 1.42 / 1.50; at batch 1 F(2x2) ahead by 0-5%, 8% in the weight gradient.
-  const bool four_by_four = tiles4 >= 48 && 36 * tiles4 <= 0.6 * 16 * tiles2;
+  const bool four_by_four = conv2d_allow_winograd_4x4() && tiles4 >= 48 && 36 * tiles4 <= 0.6 * 16 * tiles2;
   const bool small_images = p.out_h() * p.out_w() < 64;
   bool winograd_wins = true;
   switch (direction) {

@@ -7,7 +7,8 @@
 """
 from . import _C
 from . import functional
-from ._kernels import benchmark_cache, benchmark_enabled, clear_benchmark_cache, record_algos, set_benchmark
+from ._kernels import (allow_winograd_4x4, benchmark_cache, benchmark_enabled, clear_benchmark_cache, record_algos,
+                       set_allow_winograd_4x4, set_benchmark)
 
 __version__ = _C.__version__
 has_cuda: bool = bool(_C.has_cuda)
@@ -57,5 +58,6 @@ def __getattr__(name):
 
 
 __all__ = ["functional", "nn", "record_algos", "set_benchmark", "benchmark_enabled", "benchmark_cache",
+           "set_allow_winograd_4x4", "allow_winograd_4x4",
            "clear_benchmark_cache", "has_cuda", "build_type", "simd_level", "get_num_threads",
            "set_num_threads", "workspace_bytes", "release_workspace", "__version__"]

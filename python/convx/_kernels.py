@@ -70,6 +70,23 @@ def benchmark_enabled() -> bool:
     return _benchmark_enabled
 
 
+def set_allow_winograd_4x4(allowed: bool) -> None:
+    """Let 'auto' pick Winograd F(4x4) on the CPU (the default), or keep it to F(2x2).
+
+    Process-wide, like torch.backends.cuda.matmul.allow_tf32: F(4x4) is faster on
+    large 3x3 layers, with 5-7x a float32 GEMM's rounding error; F(2x2) stays
+    within about 1.5x of it. Forgets benchmark mode's winners, which may be F(4x4).
+    """
+    if not isinstance(allowed, bool):
+        raise TypeError(f"allowed must be a bool, got {allowed!r} of type {type(allowed).__name__}")
+    _C.set_allow_winograd_4x4(allowed)
+    clear_benchmark_cache()
+
+
+def allow_winograd_4x4() -> bool:
+    return _C.allow_winograd_4x4()
+
+
 def benchmark_cache() -> Dict[Tuple, str]:
     """A copy of the winners so far: {(op, dtype, shape..., threads): algo}."""
     with _benchmark_lock:
@@ -99,6 +116,8 @@ def _resolve(op: str, p, dtype, algo: str, run: Callable[[str], str]) -> str:
     timings = {}
     for candidate in _BENCHMARK_CANDIDATES:
         if candidate == "direct" and flops > _DIRECT_CANDIDATE_MAX_FLOPS:
+            continue
+        if candidate == "winograd_4x4" and not _C.allow_winograd_4x4():
             continue
         try:
             ran = run(candidate)  # warm-up; raises ValueError where the algorithm does not apply
