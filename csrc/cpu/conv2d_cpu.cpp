@@ -83,7 +83,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   if (p.filters_per_group() <= 2 && p.channels_per_group() * p.R * p.S <= 16) return Conv2dAlgo::Direct;
   // Winograd F(2x2, 3x3) does 2.25x fewer multiplies than a GEMM over the taps,
   // F(4x4, 3x3) 4x fewer (see conv2d_winograd_cpu.cpp for their float32 error:
-  // F(2x2) about a GEMM's, F(4x4) a few times that, 1e-6 relative on the suite's
+  // F(2x2) about a GEMM's, F(4x4) a few times that, 2e-6 relative on the suite's
   // layers). Both pay a transform per tile and channel, so they need wide layers
   // to amortize them, and one per filter, so they need enough tiles in the batch.
   // Measured on one core: 64 -> 64 on 56x56 and the AlphaGo body (192 -> 192) at
