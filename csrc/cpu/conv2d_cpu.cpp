@@ -90,36 +90,40 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // batch 1 (100 2x2 tiles) win; the seed's 25 -> 50 digits layer loses by up to
   // 1.6x (its GEMMs are too thin for the transforms to pay off), and so does
   // 32 -> 32 on 28x28.
-  // Below 8x8 outputs per image the forward goes to the shifted GEMM instead
-  // (512 channels on 7x7: 0.95x against Winograd's 0.87x; a 7x7 image pads to 16
-  // tiles covering 8x8), and so does the backward-data pass where the shifted
-  // form runs it as a forward (the same layer: 0.88x against 0.84x).
   const int64_t tiles2 = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
   const int64_t tiles4 = p.N * ((p.out_h() + 3) / 4) * ((p.out_w() + 3) / 4);
-  // F(4x4) where its 36 products per 4x4 tile come to at most 60% of F(2x2)'s 16
-  // per 2x2 tile (56% on images whose sides are multiples of 4, and on 19x19;
-  // 14x14 pads to 16x16 and comes to 73%, where F(2x2) was 4-8% faster), with at
-  // least one GEMM strip (48) of 4x4 tiles in the batch (512 channels on 7x7 at
-  // batch 8 has 32, and F(2x2) was 11-40% faster). Ms on one core, F(4x4) /
-  // F(2x2), forward, backward-data, weight gradient: AlphaGo body at batch 16
-  // 9.0 / 10.9, 9.2 / 11.1, 9.1 / 11.5; at batch 2 1.47 / 1.53, 1.46 / 1.55,
-  // 1.42 / 1.50; at batch 1 F(2x2) ahead by 0-5%, 8% in the weight gradient.
-  const bool four_by_four = conv2d_allow_winograd_4x4() && tiles4 >= 48 && 36 * tiles4 <= 0.6 * 16 * tiles2;
+  // F(4x4) where the batch has at least one GEMM strip (48) of 4x4 tiles and its
+  // 36 products per 4x4 tile come to at most 85% of F(2x2)'s 16 per 2x2 tile (56%
+  // on 19x19, 28x28, 56x56 and 7x7; 73% on 13x13 and 14x14; 81% on 10x10). Ms on
+  // one core, F(4x4) / F(2x2), forward, backward-data, weight gradient:
+  //   192 -> 192 on 19x19 at batch 16   7.6 / 10.2   7.5 / 10.2   7.4 / 10.9
+  //                         at batch 2   1.30 / 1.43  1.32 / 1.43  1.17 / 1.43
+  //                         at batch 1   0.88 / 0.84  0.85 / 0.85  0.80 / 0.81 (25 tiles)
+  //   64 -> 64 on 14x14 at batch 32     1.73 / 2.28  1.70 / 2.26  1.92 / 2.42
+  //   128 -> 128 on 10x10 at batch 16   1.38 / 1.55  1.40 / 1.56  1.53 / 1.61
+  //   512 -> 512 on 7x7 at batch 16     14.6 / 15.4  13.9 / 15.9  16.2 / 14.8
+  //                     at batch 8      10.2 / 9.3   10.5 / 9.7   11.2 / 8.2 (32 tiles)
+  const bool four_by_four = conv2d_allow_winograd_4x4() && tiles4 >= 48 && 36 * tiles4 <= 0.85 * 16 * tiles2;
+  // Below 8x8 outputs per image, with too few tiles for F(4x4), the forward goes
+  // to the shifted GEMM instead, and so does the backward-data pass where the
+  // shifted form runs it as a forward: 512 channels on 7x7 at batch 8, shifted
+  // 8.1 / 8.3 ms against the 9.3 / 9.7 above (at batch 16, 16.6 / 16.4, so F(4x4)).
   const bool small_images = p.out_h() * p.out_w() < 64;
   bool winograd_wins = true;
   switch (direction) {
-    case Conv2dDirection::Forward: winograd_wins = !small_images; break;
+    case Conv2dDirection::Forward: winograd_wins = four_by_four || !small_images; break;
     case Conv2dDirection::BackwardData:
-      winograd_wins = !(small_images && conv2d_shifted_backward_data_flips(p));
+      winograd_wins = four_by_four || !(small_images && conv2d_shifted_backward_data_flips(p));
       break;
     case Conv2dDirection::BackwardWeight:
       // The weight gradient's F(3x3, 2x2) / F(3x3, 4x4) pay their transforms per
       // tile and per input and output channel. Against the shifted GEMM's
       // pixel-major form (ms on one core, Winograd / shifted): F(4x4) wins from
-      // 4096 channel pairs (64 -> 64 on 56x56 7.1 / 8.0, on 28x28 at batch 8
-      // 1.9 / 2.1; 64 -> 128 on 112x112 20.8 / 31.5); F(2x2) from 16384 (AlphaGo
-      // body at batch 1 0.86 / 1.12, 512 channels on 7x7 7.7 / 9.2), and loses
-      // on 64 -> 64 on 14x14 at batch 32 (2.41 / 2.19).
+      // 4096 channel pairs (64 -> 64 on 56x56 7.1 / 8.0, on 14x14 at batch 32
+      // 1.92 / 2.09; 64 -> 128 on 112x112 20.8 / 31.5), but for 64 -> 64 on 13x13
+      // at batch 32 (1.88 / 1.80); F(2x2) from 16384 (AlphaGo body at batch 1
+      // 0.81 / 1.12, 512 channels on 7x7 at batch 8 8.2 / 10.1), and loses on
+      // 64 -> 64 on 14x14 at batch 32 (2.42 / 2.09).
       winograd_wins = four_by_four || p.C * p.K >= 16384;
       break;
   }

@@ -258,6 +258,7 @@ template <typename F, typename T>
 struct PatchGather {
   static constexpr int64_t kLanes = 64 / int64_t(sizeof(T));
   static constexpr int64_t kChunk = (2 * kLanes - F::kPatch) / F::kTile + 1;
+  static_assert(kChunk >= 1 && kChunk <= kLanes, "a chunk's tiles must fit one vector of the destination");
   using Index = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
   typedef T Vec __attribute__((vector_size(64)));
   typedef Index Mask __attribute__((vector_size(64)));
@@ -269,7 +270,7 @@ struct PatchGather {
     }
   };
   static constexpr Masks kMasks{};
-  // The row pitch of d and the floats d and e need (see input_tiles).
+  // The row pitch of d, and the values d and e each need (see input_tiles).
   static int64_t pitch(int64_t tiles) { return tiles + kLanes; }
   static int64_t scratch_size(int64_t tiles) { return F::kXi * pitch(tiles) + 2 * kLanes; }
 };
@@ -614,6 +615,19 @@ CONVX_SIMD_CLONES void weights_from_products(const T* P, int64_t filters, int64_
     for (int j = 0; j < 9; ++j) grad_weight[(kc0 + e) * 9 + j] = w[j][e];
 }
 
+// The weight gradient's transforms run across the tiles of a block, 16 floats a
+// vector; a block of 16k + 6 tiles finishes each row with 6 scalar steps, which
+// on 192 channels at 19x19 (150-tile blocks) took 40% of the output-gradient
+// transform. Among heights from half the largest to the largest, prefer blocks
+// whose tile count is a multiple of 16 (then of 8), the tallest such.
+int64_t rows_per_vector_block(int64_t tile_rows, int64_t tw, int64_t largest) {
+  if (largest >= tile_rows) return tile_rows;
+  for (const int64_t lanes : {16, 8})
+    for (int64_t rows = largest; rows >= std::max<int64_t>(1, largest / 2); --rows)
+      if ((rows * tw) % lanes == 0) return rows;
+  return largest;
+}
+
 // ---- backward-weight: F(3x3, 2x2) and F(3x3, 4x4) ---------------------------------
 // grad_weight[k, c, r, s] = sum_{n, oh, ow} grad_output[n, k, oh, ow] * input[n, c, oh - pad_top + r, ow - pad_left + s].
 // Cut grad_output into 2x2 tiles y; each meets a 4x4 input patch x (the same
@@ -628,19 +642,6 @@ CONVX_SIMD_CLONES void weights_from_products(const T* P, int64_t filters, int64_
 // F(2x2)'s small transform entries (0, +-1, 1/2), so about a GEMM's accuracy.
 // F(3x3, 4x4), the transpose of F(4x4, 3x3), is the same with 4x4 tiles and 6x6
 // patches: 36 products per 16 outputs, 4x fewer multiplies.
-// The weight gradient's transforms run across the tiles of a block, 16 floats a
-// vector; a block of 16k + 6 tiles finishes each row with 6 scalar steps, which
-// on 192 channels at 19x19 (150-tile blocks) took 40% of the output-gradient
-// transform. Among heights from half the largest to the largest, prefer blocks
-// whose tile count is a multiple of 16 (then of 8), the tallest such.
-int64_t rows_per_vector_block(int64_t tile_rows, int64_t tw, int64_t largest) {
-  if (largest >= tile_rows) return tile_rows;
-  for (const int64_t lanes : {16, 8})
-    for (int64_t rows = largest; rows >= std::max<int64_t>(1, largest / 2); --rows)
-      if ((rows * tw) % lanes == 0) return rows;
-  return largest;
-}
-
 template <typename F, typename T>
 void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const T* input, T* grad_weight) {
   constexpr int64_t kTile = F::kTile, kXi = F::kXi;
@@ -677,7 +678,7 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < K; ++k)
         grad_output_tiles<F>(grad_output + k * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw, d.data(), e.data(),
-                          Y.data() + k * tiles, K * tiles);
+                             Y.data() + k * tiles, K * tiles);
     }
     // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
     // Threads take whole products, as in the forward.
