@@ -111,7 +111,8 @@ constexpr int64_t gemm_vector_lanes() {
 // B[k][n] = b_base[row_off[k] + col_off[n]] is gathered straight into the GEMM's
 // packed strips (the shifted-plane convolution's im2col matrix, never written
 // out). A is read in place, never packed: a segmented one (the flipped filters of
-// backward-data) through a table of each element's offset in its row. Each run of consecutive col_off values is read 16 elements at a time:
+// backward-data) through a table of each element's offset in its row. Each run
+// of consecutive col_off values is read 16 elements at a time:
 // b_base must be readable 16 elements past b_base[row_off[k] + col_off[n]] for
 // every k and n.
 template <typename T>

@@ -339,7 +339,8 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
     }
   }
   // e[i][v] = sum_u B^T[i][u] d[u][v]: for each v, the u-rows are kPatch rows apart.
-  for (int64_t v = 0; v < kPatch; ++v) F::input_rows(d + v * pitch, kPatch * pitch, e + v * tiles, kPatch * tiles, tiles);
+  for (int64_t v = 0; v < kPatch; ++v)
+    F::input_rows(d + v * pitch, kPatch * pitch, e + v * tiles, kPatch * tiles, tiles);
   // out[i][j] = sum_v e[i][v] B[v][j]: for each i, the v-rows are adjacent. Tiles
   // are written in strips of strip_width, strip_stride apart (the GEMM's packed
   // layout), so no copy is needed afterwards.
