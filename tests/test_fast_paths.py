@@ -60,6 +60,24 @@ def test_max_pool2d_rows_matches_reference_on_wide_rows(k, s, pad):
     np.testing.assert_array_equal(i, i_ref)
 
 
+@pytest.mark.parametrize("W,k,s,pad,ceil_mode", [
+    (112, (3, 3), (2, 2), (1, 1), False),   # the suite's pool: one clipped block, then the interior
+    (35, (5, 5), (2, 2), (2, 2), True),     # ceil_mode: windows past the right end as well
+    (203, (40, 40), (1, 1), (20, 20), False),  # 20 windows past the left end: two clipped blocks
+    (40, (31, 31), (1, 1), (15, 15), False),   # interior under 16 columns: clipped blocks only
+    (204, (2, 2), (2, 2), (0, 0), False),   # the last window ends the plane: its loads stop there
+])
+def test_max_pool2d_windows_past_the_row_ends_match_reference(W, k, s, pad, ceil_mode):
+    # Rows of 16+ outputs whose windows reach into the padding take masked vector
+    # blocks at the row's ends; the first and last rows put those loads at the
+    # plane's edges.
+    H = max(k[0], 9)
+    p = _pool_params(2, 3, H, W, k, s, pad, ceil_mode=ceil_mode)
+    x = _awkward_values(np.random.default_rng(W), (2, 3, H, W), np.float32)
+    (y, i), (y_ref, i_ref) = _pool_both(p, x)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(i, i_ref)
+
 
 @pytest.mark.parametrize("H,W,k,s", [(26, 26, (2, 2), (2, 2)), (11, 11, (2, 2), (2, 2)), (7, 7, (3, 3), (2, 2)),
                                      (7, 5, (2, 2), (1, 1)), (6, 31, (3, 2), (1, 2)), (9, 9, (4, 4), (3, 3))])

@@ -108,18 +108,21 @@ CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int6
 // (recomputing an output is harmless). The running maximum and the winning tap
 // (i*W + j from the window's corner, int32: the caller checks kernel_h*W < 2**31)
 // stay in registers. Stride 2 gathers the even positions from two loads with one
-// permute; the second load is masked to 15 lanes, so nothing past the last tap
-// is touched. Returns the first column it did not handle.
+// permute; the second load reads one element past the last tap, so near the end
+// of the plane it is masked to 15 lanes (a masked load costs several plain ones
+// here, so only there). Returns the first column it did not handle.
 __attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_avx512(const float* at, int64_t sw,
-                                                                                __m512i even) {
+                                                                                __m512i even, bool room) {
   if (sw == 1) return _mm512_loadu_ps(at);
-  const __m512 a = _mm512_loadu_ps(at), b = _mm512_maskz_loadu_ps(__mmask16(0x7FFF), at + 16);
+  const __m512 a = _mm512_loadu_ps(at);
+  const __m512 b = room ? _mm512_loadu_ps(at + 16) : _mm512_maskz_loadu_ps(__mmask16(0x7FFF), at + 16);
   return _mm512_permutex2var_ps(a, even, b);
 }
 
-__attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int64_t W, int64_t h0, int64_t rows,
-                                                           int64_t kw, int64_t sw, int64_t pad, int64_t ow_lo,
-                                                           int64_t ow_hi, float* out, int64_t* idx) {
+__attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int64_t plane_size, int64_t W,
+                                                           int64_t h0, int64_t rows, int64_t kw, int64_t sw,
+                                                           int64_t pad, int64_t ow_lo, int64_t ow_hi, float* out,
+                                                           int64_t* idx) {
   if ((sw != 1 && sw != 2) || ow_hi - ow_lo < 16) return ow_lo;
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   // lane * stride for the 16 lanes, as two int64 halves
@@ -131,12 +134,15 @@ __attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int6
   }
   for (int64_t block = ow_lo; block < ow_hi; block += 16) {
     const int64_t ow0 = std::min(block, ow_hi - 16);
-    const float* corner = in + h0 * W + ow0 * sw - pad;
-    __m512 best = load_lanes_avx512(corner, sw, even);  // the first tap seeds the maximum, as in pool_row_interior
+    const int64_t corner_offset = h0 * W + ow0 * sw - pad;
+    const float* corner = in + corner_offset;
+    // whether every load of the block has its 32nd element inside the plane
+    const bool room = corner_offset + (rows - 1) * W + kw + 31 <= plane_size;
+    __m512 best = load_lanes_avx512(corner, sw, even, room);  // the first tap seeds the maximum, as in pool_row_interior
     __m512i tap = _mm512_setzero_si512();
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
-        const __m512 v = load_lanes_avx512(corner + i * W + j, sw, even);
+        const __m512 v = load_lanes_avx512(corner + i * W + j, sw, even, room);
         const __mmask16 take =
             _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // NaN wins
         best = _mm512_mask_mov_ps(best, take, v);
@@ -153,6 +159,83 @@ __attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int6
     _mm512_storeu_si512(idx + ow0 + 8, hi);
   }
   return ow_hi;
+}
+
+// For tap column j of a block whose lanes start at columns `start` (lane 0 at
+// first_col): the lanes whose tap lies inside the row, and which of the loaded
+// elements (columns first_col + j, +1, ..., 16 then 15 of them) lie inside it.
+struct ClippedColumnMasks {
+  __mmask16 lanes, first16, next15;
+};
+
+__attribute__((target("avx512f"), always_inline)) inline ClippedColumnMasks clipped_column_masks(
+    __m512i start, int64_t first_col, int64_t j, int64_t W) {
+  const __m512i cols = _mm512_add_epi32(start, _mm512_set1_epi32(int32_t(j)));
+  const int64_t c0 = first_col + j;
+  const int64_t lo = std::min<int64_t>(32, std::max<int64_t>(0, -c0));
+  const int64_t hi = std::min<int64_t>(32, std::max<int64_t>(0, W - c0));
+  const uint64_t in_row = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
+  const __mmask16 lanes = _mm512_cmpge_epi32_mask(cols, _mm512_setzero_si512()) &
+                          _mm512_cmplt_epi32_mask(cols, _mm512_set1_epi32(int32_t(W)));
+  return ClippedColumnMasks{lanes, __mmask16(in_row), __mmask16((in_row >> 16) & 0x7FFF)};
+}
+
+// One block of 16 output columns from ow0, whose windows may reach past either
+// end of the row (padding, ceil_mode overhang). pool_row_avx512 cannot take them:
+// its loads would read outside the row, and its taps are offsets from the corner.
+// Here each tap is masked to the lanes whose column lies inside the row, the loads
+// touch only columns inside the row, and the winner is tracked as its flat index
+// h*W + w (int32: the caller checks H*W < 2**31). The seed is pool_window's: -inf,
+// at each window's first column inside the row. Without this block a stride-2 row
+// with padding sent its first output to pool_window, which on 56-wide rows took a
+// fifth of the whole pass.
+__attribute__((target("avx512f"))) void pool_block_clipped_avx512(const float* in, int64_t plane_size, int64_t W,
+                                                                  int64_t h0, int64_t rows, int64_t kw, int64_t sw,
+                                                                  int64_t pad, int64_t ow0, float* out, int64_t* idx) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i even = _mm512_add_epi32(lane, lane);
+  const __m512i zero = _mm512_setzero_si512();
+  const int64_t first_col = ow0 * sw - pad;  // lane 0's first tap; lane l starts sw*l further
+  const __m512i start = _mm512_add_epi32(_mm512_set1_epi32(int32_t(first_col)), sw == 2 ? even : lane);
+  __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512i best_at = _mm512_add_epi32(_mm512_set1_epi32(int32_t(h0 * W)), _mm512_max_epi32(start, zero));
+  // Only the taps that put some lane inside the row: a huge padded window costs
+  // what it covers, not its width.
+  const int64_t j_lo = std::max<int64_t>(0, -(first_col + 15 * sw)), j_hi = std::min(kw, W - first_col);
+  // Per tap column, the masks are the same for every window row, so for up to
+  // eight columns they are worked out once, not once per row.
+  ClippedColumnMasks saved[8];
+  const bool use_saved = j_hi - j_lo <= 8;
+  if (use_saved)
+    for (int64_t j = j_lo; j < j_hi; ++j) saved[j - j_lo] = clipped_column_masks(start, first_col, j, W);
+  for (int64_t i = 0; i < rows; ++i) {
+    const __m512i row_start = _mm512_add_epi32(_mm512_set1_epi32(int32_t((h0 + i) * W)), start);
+    for (int64_t j = j_lo; j < j_hi; ++j) {
+      const ClippedColumnMasks m = use_saved ? saved[j - j_lo] : clipped_column_masks(start, first_col, j, W);
+      // Masked loads only where the elements run off the plane (the first row's
+      // left edge, the last row's right): a masked load with lanes masked off
+      // costs several plain ones here, and the lane masks already drop the
+      // columns that belong to the neighbouring rows.
+      const int64_t offset = (h0 + i) * W + first_col + j;
+      const bool whole = offset >= 0 && offset + 16 * sw <= plane_size;
+      const float* at = in + offset;
+      __m512 v;
+      if (sw == 1) {
+        v = whole ? _mm512_loadu_ps(at) : _mm512_maskz_loadu_ps(m.first16, at);
+      } else {  // lane l takes element 2l of 31 columns: the even ones, by one permute
+        v = whole ? _mm512_permutex2var_ps(_mm512_loadu_ps(at), even, _mm512_loadu_ps(at + 16))
+                  : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.first16, at), even,
+                                           _mm512_maskz_loadu_ps(m.next15, at + 16));
+      }
+      const __mmask16 take =
+          m.lanes & (_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+      best = _mm512_mask_mov_ps(best, take, v);
+      best_at = _mm512_mask_mov_epi32(best_at, take, _mm512_add_epi32(row_start, _mm512_set1_epi32(int32_t(j))));
+    }
+  }
+  _mm512_storeu_ps(out + ow0, best);
+  _mm512_storeu_si512(idx + ow0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(best_at)));
+  _mm512_storeu_si512(idx + ow0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(best_at, 1)));
 }
 #endif
 
@@ -213,16 +296,21 @@ bool max_pool2d_forward_gather_cpu(const Pool2dParams& p, const T* input, T* out
 
 template <typename T>
 void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
-#if CONVX_POOL_AVX512
-  const bool use_avx512 = std::is_same<T, float>::value && simd_level() == "avx512" &&
-                          double(p.kernel_h) * double(p.W) < 2147483647.0;
-#endif
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t planes = p.N * p.C;
   const int64_t kw = p.kernel_w, sw = p.stride_w, pw = p.pad_w;
   // Output columns whose window starts at or after column 0 and ends inside the row.
   const int64_t ow_lo = std::min(OW, (pw + sw - 1) / sw);
   const int64_t ow_hi = std::max(ow_lo, std::min(OW, p.W - kw + pw >= 0 ? (p.W - kw + pw) / sw + 1 : 0));
+#if CONVX_POOL_AVX512
+  const bool use_avx512 = std::is_same<T, float>::value && simd_level() == "avx512" &&
+                          double(p.kernel_h) * double(p.W) < 2147483647.0;
+  // The windows that reach past the row's ends go in masked vector blocks too;
+  // their column arithmetic is int32, so every column a window spans must fit.
+  const bool clipped_blocks = use_avx512 && (sw == 1 || sw == 2) && OW >= 16 &&
+                              double(p.H) * double(p.W) < 2147483647.0 &&
+                              double(pw) + double(kw) + double(p.W) + 64.0 < 2147483647.0;
+#endif
   const double taps = double(planes) * double(OH) * double(OW) * double(p.kernel_h) * double(kw);
 #pragma omp parallel for schedule(static) if (taps > 65536.0)
   for (int64_t plane = 0; plane < planes; ++plane) {
@@ -234,11 +322,34 @@ void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* outpu
       window_taps(oh * p.stride_h - p.pad_h, p.kernel_h, 1, p.H, h0, h_end);
       T* out_row = out + oh * OW;
       int64_t* idx_row = idx + oh * OW;
+#if CONVX_POOL_AVX512
+      if constexpr (std::is_same<T, float>::value) {
+        if (clipped_blocks) {
+          // Blocks of 16 from each end over the windows pool_row_avx512 cannot
+          // take; a last block that would pass OW moves back to end there
+          // (recomputing an output gives the same result).
+          // The interior then starts at the next multiple of 16, where the left
+          // blocks end, as long as a whole vector remains.
+          const int64_t rows = h_end - h0;
+          const int64_t interior_lo = (ow_lo + 15) / 16 * 16;
+          const bool vector_interior = ow_hi - interior_lo >= 16;
+          const int64_t left_end = vector_interior ? ow_lo : ow_hi;
+          for (int64_t b = 0; b < left_end; b += 16)
+            pool_block_clipped_avx512(in, p.H * p.W, p.W, h0, rows, kw, sw, pw, std::min(b, OW - 16), out_row, idx_row);
+          if (vector_interior)
+            pool_row_avx512(in, p.H * p.W, p.W, h0, rows, kw, sw, pw, interior_lo, ow_hi, out_row, idx_row);
+          for (int64_t b = ow_hi; b < OW; b += 16)
+            pool_block_clipped_avx512(in, p.H * p.W, p.W, h0, rows, kw, sw, pw, std::min(b, OW - 16), out_row, idx_row);
+          continue;
+        }
+      }
+#endif
       for (int64_t ow = 0; ow < ow_lo; ++ow) pool_window(p, in, h0, h_end, ow, out_row + ow, idx_row + ow);
       int64_t done = ow_lo;
 #if CONVX_POOL_AVX512
       if constexpr (std::is_same<T, float>::value)
-        if (use_avx512) done = pool_row_avx512(in, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
+        if (use_avx512)
+          done = pool_row_avx512(in, p.H * p.W, p.W, h0, h_end - h0, kw, sw, pw, ow_lo, ow_hi, out_row, idx_row);
 #endif
       if (sw == 1)
         pool_row_interior<T, 1>(in, p.W, h0, h_end - h0, kw, sw, pw, done, ow_hi, out_row, idx_row);
