@@ -91,18 +91,39 @@ def test_max_pool2d_narrow_planes_match_reference(H, W, k, s):
     np.testing.assert_array_equal(i, i_ref)
 
 
+def _pair_indices(rng, shape, pool):
+    # Within each run of 16 outputs (one vector of the scatter), the indices are
+    # distinct except that an output may repeat the one just before it (never
+    # three in a row): the repeats of adjacent overlapping windows. Drawn from
+    # `pool` elements, so across vectors each element sums many terms, whose order
+    # shows in the last bits.
+    flat = np.empty((shape[0] * shape[1], shape[2] * shape[3]), np.int64)
+    for plane in flat:
+        for start in range(0, plane.size, 16):
+            run = rng.choice(pool, size=min(16, plane.size - start), replace=False)
+            for k in range(1, run.size):
+                if rng.random() < 0.5 and (k < 2 or run[k - 1] != run[k - 2]):
+                    run[k] = run[k - 1]
+            plane[start:start + run.size] = run
+    return flat.reshape(shape)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("spread", [3, 40, 1000])
+@pytest.mark.parametrize("spread", [3, 40, 1000, "pairs"])
 def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
     # Any valid indices, repeats included (spread 3: nearly every vector of 16 has
-    # lanes that collide, which the vectorized scatter must hand to the scalar
-    # loop): the result must equal adding grad_output into grad_input in output
+    # lanes that collide, in chains, which the vectorized scatter takes in rounds;
+    # "pairs": lanes that repeat only the lane before, which it folds into one
+    # round): the result must equal adding grad_output into grad_input in output
     # order, as np.add.at does, bit for bit.
     p = _pool_params(2, 3, 40, 40, (2, 2), (2, 2), (0, 0))
-    rng = np.random.default_rng(spread)
+    rng = np.random.default_rng(7 if spread == "pairs" else spread)
     shape = (p.N, p.C, p.out_h(), p.out_w())
     gy = rng.standard_normal(shape).astype(dtype)
-    idx = rng.integers(0, min(spread, p.H * p.W), size=shape).astype(np.int64)
+    if spread == "pairs":
+        idx = _pair_indices(rng, shape, 48)
+    else:
+        idx = rng.integers(0, min(spread, p.H * p.W), size=shape).astype(np.int64)
     gx = np.empty((p.N, p.C, p.H, p.W), dtype)
     _C.max_pool2d_backward(p, gy, idx, gx)
     want = np.zeros((p.N * p.C, p.H * p.W), dtype)
