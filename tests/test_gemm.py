@@ -2,14 +2,17 @@
 
 Sizes straddle the blocking parameters (8-row micro-tiles, 16/8-column vectors,
 KC = 256, MC = 192, NC = 4080; 16 x 16 register transposes when packing an
-operand stored along the reduction) so every edge-tile path runs.
+operand stored along the reduction) so every edge-tile path runs. An A of at most
+MC rows packs B one strip at a time, a taller one in panels of NC columns: both
+run with several KC steps, past NC columns, and on the thread team.
 """
 import numpy as np
 import pytest
 
 from convx import _C
 
-SHAPES = [(1, 1, 1), (7, 15, 3), (8, 16, 256), (9, 17, 257), (97, 33, 300), (5, 4100, 11), (200, 50, 520)]
+SHAPES = [(1, 1, 1), (7, 15, 3), (8, 16, 256), (9, 17, 257), (97, 33, 300), (5, 4100, 11), (150, 500, 300),
+          (200, 50, 520), (193, 4100, 20)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
