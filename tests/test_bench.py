@@ -13,7 +13,7 @@ import convx
 from convx import _C, _kernels
 from convx import functional as cxF
 from convx.bench import memory, parse_threads
-from convx.bench.cases import CONV_SHAPES, all_cases, conv2d_flops, conv_shape_flops, select_cases
+from convx.bench.cases import CONV_SHAPES, Case, all_cases, conv2d_flops, conv_shape_flops, select_cases
 from convx.bench.models import alphago_policy, digits_cnn, model_flops
 from convx.bench.report import Target, evaluate_targets, geomean
 from convx.bench.suite import Row, run_case
@@ -66,6 +66,7 @@ def test_cases_cover_the_issue():
     assert len(names) == len(set(names))
     assert sum(c.kind == "conv" for c in all_cases()) == 11 * 3
     assert sum(c.kind == "pool" for c in all_cases()) == 4
+    assert [c.gemm_n for c in all_cases() if c.kind == "gemm"] == [1024, 2048]
     assert [c.name for c in select_cases(["lenet1"])] == [
         "conv lenet1 fwd", "conv lenet1 bwd_data", "conv lenet1 bwd_weight"]
 
@@ -128,6 +129,26 @@ def test_validation_catches_a_wrong_kernel(monkeypatch, case_name, module, attr)
     assert bad.speedup is None and bad.convx_ms is None  # a wrong kernel is never timed
 
 
+def test_gemm_row_validates_and_counts_peak(monkeypatch):
+    # A small square through the same workload: timed, 2 n^3 FLOPs, and a GEMM that
+    # writes one wrong element into its output is caught before timing.
+    case = Case("gemm 96^3 vs torch.mm", "gemm", gemm_n=96)
+    good = run_case(case, 1, TINY_PLAN, peak_flops=1e12, measure_memory=False)
+    assert good.status == "ok", good.error
+    assert good.flops == 2 * 96 ** 3 and good.dims == "96x96x96"
+    assert good.convx_peak_pct == pytest.approx(100 * good.convx_gflops * 1e9 / 1e12)
+
+    real = _C.gemm
+
+    def off_by_one_element(a, b, c, *args, **kwargs):
+        real(a, b, c, *args, **kwargs)
+        c.reshape(-1)[3] += 0.01 * np.abs(c).max()
+
+    monkeypatch.setattr(_C, "gemm", off_by_one_element)
+    bad = run_case(case, 1, TINY_PLAN, peak_flops=1e12, measure_memory=False)
+    assert bad.status == "FAILED" and bad.error.startswith("validation:")
+
+
 def test_a_crashing_kernel_marks_the_row_failed(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
@@ -157,8 +178,8 @@ def test_row_records_algorithm_and_peak_fraction():
 
 # ---- targets --------------------------------------------------------------------------
 
-def _row(name, kind, speedup, threads=1, status="ok"):
-    return Row(name, kind, "", threads, status=status, speedup=speedup)
+def _row(name, kind, speedup, threads=1, status="ok", peak_pct=None):
+    return Row(name, kind, "", threads, status=status, speedup=speedup, convx_peak_pct=peak_pct)
 
 
 def test_targets():
@@ -166,7 +187,9 @@ def test_targets():
             _row("conv a fwd", "conv", 0.1, threads=2),      # other thread counts do not count
             _row("model digits_cnn train b64", "model", 1.6),
             _row("maxpool x fwd+bwd vs torch nchw", "pool", 4.0),
-            _row("maxpool x fwd+bwd vs torch channels_last", "pool", 1.2)]
+            _row("maxpool x fwd+bwd vs torch channels_last", "pool", 1.2),
+            _row("gemm 1024^3 vs torch.mm", "gemm", 2.0, peak_pct=84.0),
+            _row("gemm 2048^3 vs torch.mm", "gemm", 2.0, peak_pct=79.0)]
     targets = {t.name.split(" (")[0]: t for t in evaluate_targets(rows)}
     assert geomean([1.0, 4.0]) == pytest.approx(2.0)
     assert targets["conv rows, geometric mean speed"].value == pytest.approx(2.0)
@@ -176,6 +199,9 @@ def test_targets():
     assert targets["AlphaGo policy net inference, batch 16"].status == "n/a"
     assert targets["max-pool fwd+bwd vs torch NCHW"].status == "MISS"
     assert targets["max-pool fwd+bwd vs torch channels_last"].status == "PASS"
+    gemm = targets["GEMM on large square matrices, % of FP32 peak"]  # judged on % of peak, not on speed
+    assert gemm.value == 79.0 and gemm.status == "MISS" and gemm.goal_text == "80%"
+    assert "gemm 2048^3 vs torch.mm 79%" in gemm.detail
 
     rows.append(_row("conv c bwd_data", "conv", None, status="FAILED"))
     failed = [t for t in evaluate_targets(rows) if t.name.startswith("conv rows")]
@@ -212,7 +238,7 @@ def test_cli_writes_table_and_files(tmp_path, capsys):
     assert doc["machine"]["command"] == ("convx bench --quick --threads 1 --filter 'lenet1 fwd' "
                                          "--filter 'lenet2 fwd' --budget 0.05")
     assert float(doc["fp32_peak_flops"]["1"]) > 0
-    assert len(doc["rows"]) == 2 and len(doc["targets"]) == 6
+    assert len(doc["rows"]) == 2 and len(doc["targets"]) == 7
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| conv lenet1 fwd |" in (out / "results.md").read_text()
 

@@ -66,13 +66,24 @@ class PoolShape:
         return f"{self.N}x{self.C}x{self.H}x{self.W} {self.kernel}x{self.kernel} s{self.stride} p{self.pad}"
 
 
+# Square matrices for the packed GEMM alone (C = A B, float32, n x n x n): the
+# issue asks it to reach 80% of the measured FP32 peak on large squares. 1024 and
+# 2048 keep a row to a few seconds; 4096 takes ~0.3 s a call at one thread.
+GEMM_SIZES: List[int] = [1024, 2048]
+
+
+def gemm_flops(n: int) -> int:
+    """2 * n**3: one multiply and one add per term of each of the n*n dot products."""
+    return 2 * n ** 3
+
+
 @dataclass(frozen=True)
 class Case:
     """One row of the table (per thread count).
 
     kind: 'conv' (direction is one of CONV_DIRECTIONS), 'pool' (torch_layout 'nchw'
-    or 'channels_last'), or 'model' (model is 'digits_cnn' or 'alphago', mode
-    'train' or 'infer', batch).
+    or 'channels_last'), 'gemm' (gemm_n: the edge of the square matrices), or
+    'model' (model is 'digits_cnn' or 'alphago', mode 'train' or 'infer', batch).
     """
     name: str
     kind: str
@@ -83,6 +94,7 @@ class Case:
     model: Optional[str] = None
     mode: Optional[str] = None
     batch: Optional[int] = None
+    gemm_n: Optional[int] = None
 
     @property
     def dims(self) -> str:
@@ -90,6 +102,8 @@ class Case:
             return self.conv.dims
         if self.pool is not None:
             return self.pool.dims
+        if self.gemm_n is not None:
+            return f"{self.gemm_n}x{self.gemm_n}x{self.gemm_n}"
         return f"batch {self.batch}"
 
 
@@ -126,6 +140,8 @@ def all_cases() -> List[Case]:
         for layout in ("nchw", "channels_last"):
             cases.append(Case(f"maxpool {shape.label} fwd+bwd vs torch {layout}", "pool",
                               pool=shape, torch_layout=layout))
+    for n in GEMM_SIZES:
+        cases.append(Case(f"gemm {n}^3 vs torch.mm", "gemm", gemm_n=n))
     cases += [
         Case("model digits_cnn train b64", "model", model="digits_cnn", mode="train", batch=64),
         Case("model alphago infer b1", "model", model="alphago", mode="infer", batch=1),

@@ -87,10 +87,18 @@ def write_json(result: Dict[str, object], targets: Sequence["Target"], path: str
 @dataclass
 class Target:
     name: str
-    goal: float                 # speed vs torch that meets the target
+    goal: float                 # the value that meets the target
     value: Optional[float]      # measured (None: no rows ran for it)
     status: str                 # "PASS", "MISS" or "n/a"
     detail: str = ""
+    unit: str = "x"             # "x": speed vs torch; "%": convx's share of the measured FP32 peak
+
+    def format(self, value: float) -> str:
+        return f"{value:.2f}x" if self.unit == "x" else f"{value:.0f}%"
+
+    @property
+    def goal_text(self) -> str:
+        return f"{self.goal:g}{self.unit}"
 
 
 def geomean(values: Sequence[float]) -> float:
@@ -98,17 +106,26 @@ def geomean(values: Sequence[float]) -> float:
 
 
 def _target(name: str, goal: float, rows: List[Row], combine: Callable[[List[float]], float],
-            what: str) -> Target:
+            what: str, unit: str = "x") -> Target:
+    """The target over rows: combine() of their speeds vs torch (unit "x") or of
+    convx's % of the FP32 peak (unit "%")."""
+    target = Target(name, goal, None, "n/a", "no rows in this run", unit)
     if not rows:
-        return Target(name, goal, None, "n/a", "no rows in this run")
+        return target
     failed = [r.name for r in rows if r.status != "ok"]
     if failed:
-        return Target(name, goal, None, "MISS", f"{len(failed)} FAILED row(s): {', '.join(failed)}")
-    value = combine([r.speedup for r in rows])
-    worst = min(rows, key=lambda r: r.speedup)
-    detail = f"{what} over {len(rows)} row(s)" + (f"; slowest: {worst.name} {worst.speedup:.2f}x"
-                                                   if len(rows) > 1 else "")
-    return Target(name, goal, value, "PASS" if value >= goal else "MISS", detail)
+        target.status, target.detail = "MISS", f"{len(failed)} FAILED row(s): {', '.join(failed)}"
+        return target
+
+    def measure(r: Row) -> float:
+        return r.speedup if unit == "x" else r.convx_peak_pct
+
+    target.value = combine([measure(r) for r in rows])
+    worst = min(rows, key=measure)
+    target.status = "PASS" if target.value >= goal else "MISS"
+    target.detail = f"{what} over {len(rows)} row(s)" + (f"; slowest: {worst.name} {target.format(measure(worst))}"
+                                                          if len(rows) > 1 else "")
+    return target
 
 
 def reference_threads(rows: Sequence[Row]) -> Optional[int]:
@@ -127,6 +144,7 @@ def evaluate_targets(rows: Sequence[Row]) -> List[Target]:
     pool_cl = [r for r in at if r.kind == "pool" and r.name.endswith("torch channels_last")]
     digits = [r for r in at if r.name == "model digits_cnn train b64"]
     alphago16 = [r for r in at if r.name == "model alphago infer b16"]
+    gemm = [r for r in at if r.kind == "gemm"]
     suffix = f" ({t} thread{'s' if t != 1 else ''})"
     return [
         _target("conv rows, geometric mean speed" + suffix, 1.5, conv, geomean, "geomean"),
@@ -135,6 +153,7 @@ def evaluate_targets(rows: Sequence[Row]) -> List[Target]:
         _target("AlphaGo policy net inference, batch 16" + suffix, 1.3, alphago16, min, "speed"),
         _target("max-pool fwd+bwd vs torch NCHW" + suffix, 5.0, pool_nchw, min, "min"),
         _target("max-pool fwd+bwd vs torch channels_last" + suffix, 1.0, pool_cl, min, "min"),
+        _target("GEMM on large square matrices, % of FP32 peak" + suffix, 80.0, gemm, min, "min", unit="%"),
     ]
 
 
@@ -161,8 +180,8 @@ def summary(result: Dict[str, object], targets: Sequence[Target]) -> str:
     lines.append("targets (issue 3):")
     width = max(len(t.name) for t in targets)
     for t in targets:
-        value = "-" if t.value is None else f"{t.value:.2f}x"
-        lines.append(f"  [{t.status:<4}] {t.name:<{width}}  {value:>7} (goal >= {t.goal:g}x)  {t.detail}")
+        value = "-" if t.value is None else t.format(t.value)
+        lines.append(f"  [{t.status:<4}] {t.name:<{width}}  {value:>7} (goal >= {t.goal_text})  {t.detail}")
     return "\n".join(lines)
 
 
@@ -189,6 +208,6 @@ def markdown(result: Dict[str, object], targets: Sequence[Target]) -> str:
                    f"| {_num(r.torch_peak_pct)} | {_num(r.convx_mem_mb)} | {_num(r.torch_mem_mb)} | {r.algo} |")
     out += ["", "## Targets", "", "| target | goal | measured | status | detail |", "|---|---|---|---|---|"]
     for t in targets:
-        value = "-" if t.value is None else f"{t.value:.2f}x"
-        out.append(f"| {t.name} | >= {t.goal:g}x | {value} | {t.status} | {t.detail} |")
+        value = "-" if t.value is None else t.format(t.value)
+        out.append(f"| {t.name} | >= {t.goal_text} | {value} | {t.status} | {t.detail} |")
     return "\n".join(out) + "\n"

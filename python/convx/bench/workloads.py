@@ -18,6 +18,9 @@ Pool rows time forward + backward through autograd on both sides (a leaf that
 requires grad, y.backward(grad_output)); the torch side runs on NCHW or on a
 channels_last copy of the same values, convx always on NCHW.
 
+GEMM rows time convx's packed GEMM (convx._C.gemm on numpy views) against
+torch.mm, both writing into a preallocated output.
+
 Model rows time a whole training step (zero_grad, forward, cross-entropy,
 backward, SGD step) or an inference forward under torch.no_grad(); the convx model
 is convx.nn.convert(copy.deepcopy(model)), so both start from the same weights.
@@ -34,7 +37,7 @@ import convx
 from convx import _C, _kernels
 from convx import functional as cxF
 
-from .cases import Case, ConvShape, conv_shape_flops
+from .cases import Case, ConvShape, conv_shape_flops, gemm_flops
 from .models import MODELS, model_flops, model_inputs
 from .validation import MODEL_RTOL, OP_RTOL
 
@@ -146,6 +149,28 @@ def _pool_workload(case: Case, gen: torch.Generator) -> Workload:
     return Workload(run_convx, run_torch, results, reset=reset)
 
 
+def _gemm_workload(case: Case, gen: torch.Generator) -> Workload:
+    n = case.gemm_n
+    a = torch.randn(n, n, generator=gen)
+    b = torch.randn(n, n, generator=gen)
+    c_cx, c_th = torch.empty(n, n), torch.empty(n, n)
+    a_np, b_np, c_np = a.numpy(), b.numpy(), c_cx.numpy()
+
+    def run_convx():
+        _C.gemm(a_np, b_np, c_np)
+        return c_cx
+
+    def run_torch():
+        return torch.mm(a, b, out=c_th)
+
+    def results(side):
+        if side == "float64":
+            return {"product": torch.mm(a.double(), b.double())}
+        return {"product": (run_convx() if side == "convx" else run_torch()).clone()}
+
+    return Workload(run_convx, run_torch, results, flops=gemm_flops(n))
+
+
 def _model_workload(case: Case, gen: torch.Generator) -> Workload:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # layer initialisation
     model_th = MODELS[case.model]()
@@ -219,6 +244,8 @@ def build_workload(case: Case, seed: int = 0) -> Workload:
         return _conv_workload(case, gen)
     if case.kind == "pool":
         return _pool_workload(case, gen)
+    if case.kind == "gemm":
+        return _gemm_workload(case, gen)
     if case.kind == "model":
         return _model_workload(case, gen)
     raise ValueError(f"unknown case kind {case.kind!r}")
