@@ -131,6 +131,28 @@ def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
         np.add.at(want[plane], idx.reshape(p.N * p.C, -1)[plane], gy.reshape(p.N * p.C, -1)[plane])
     np.testing.assert_array_equal(gx.reshape(p.N * p.C, -1), want)
 
+@pytest.mark.parametrize("H,W,k", [(37, 37, (2, 2)), (32, 64, (2, 2)), (40, 35, (3, 2))])
+def test_max_pool2d_backward_of_tiling_windows_matches_ordered_scatter(H, W, k):
+    # Windows 2 wide, stride = kernel, 16+ outputs a row: grad_input is written
+    # window by window, with no scatter. The indices are the forward's own (so
+    # every one is a tap of its window), some gradients are -0.0 (the scatter's
+    # 0 + gy makes them +0.0), and odd sizes leave rows and columns that no window
+    # covers, which must come out zero.
+    p = _pool_params(2, 3, H, W, k, k, (0, 0))
+    rng = np.random.default_rng(H * W)
+    x = _awkward_values(rng, (p.N, p.C, H, W), np.float32)
+    (y, idx), _ = _pool_both(p, x)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gy[rng.random(gy.shape) < 0.1] = -0.0
+    gx = np.full((p.N, p.C, H, W), np.nan, np.float32)
+    _C.max_pool2d_backward(p, gy, idx, gx)
+    want = np.zeros((p.N * p.C, H * W), np.float32)
+    for plane in range(p.N * p.C):
+        np.add.at(want[plane], idx.reshape(p.N * p.C, -1)[plane], gy.reshape(p.N * p.C, -1)[plane])
+    np.testing.assert_array_equal(gx.reshape(p.N * p.C, -1), want)
+    np.testing.assert_array_equal(np.signbit(gx.reshape(p.N * p.C, -1)), np.signbit(want))
+
+
 # ---- Winograd F(2x2, 3x3) and F(4x4, 3x3) --------------------------------------------
 
 def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, dilation=(1, 1), groups=1):

@@ -464,6 +464,58 @@ __attribute__((target("avx512f,avx512cd"))) bool scatter_add_avx512(const float*
   }
   return scatter_add_scalar(gout, idx, o, out_plane, in_plane, gin);
 }
+
+// Windows that tile the plane, 2 columns wide and stride 2 (kernel_h rows, stride
+// kernel_h, no padding, every window inside the plane): each input element lies
+// in one window at most, so grad_input can be written once, a window's rows at a
+// time, with no zero fill and no gather or scatter. Lanes = 16 consecutive
+// outputs of a row; for window row i and column j, lane l holds gy where the
+// index is that tap (plus +0.0, which turns a -0.0 into the +0.0 the scatter's
+// 0 + gy gives), and the two columns interleave into 32 input columns. A last
+// block overlaps the one before (rewriting the same values). Rows and columns
+// no window covers are zeroed. Returns false, having written part of the plane,
+// if some index is not a tap of its own window: the caller then scatters the
+// plane instead, which also reports indices outside the plane. Needs OW >= 16
+// and in_plane < 2**31.
+__attribute__((target("avx512f"))) bool tiled_2_wide_backward_avx512(const float* gout, const int64_t* idx,
+                                                                       int64_t H, int64_t W, int64_t kh, int64_t OH,
+                                                                       int64_t OW, float* gin) {
+  const __m512i lane2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i zero_i = _mm512_setzero_si512(), limit = _mm512_set1_epi64(H * W);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    for (int64_t block = 0; block < OW; block += 16) {
+      const int64_t ow0 = std::min(block, OW - 16), o = oh * OW + ow0;
+      const __m512i lo = _mm512_loadu_si512(idx + o), hi = _mm512_loadu_si512(idx + o + 8);
+      const __mmask8 outside = _mm512_cmplt_epi64_mask(lo, zero_i) | _mm512_cmpge_epi64_mask(lo, limit) |
+                               _mm512_cmplt_epi64_mask(hi, zero_i) | _mm512_cmpge_epi64_mask(hi, limit);
+      if (outside) return false;
+      const __m512i flat =
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+      // each lane's index relative to its window's corner
+      const __m512i tap = _mm512_sub_epi32(flat, _mm512_add_epi32(_mm512_set1_epi32(int32_t(oh * kh * W + 2 * ow0)),
+                                                                  lane2));
+      const __m512 g = _mm512_loadu_ps(gout + o);
+      __mmask16 matched = 0;
+      for (int64_t i = 0; i < kh; ++i) {
+        const __mmask16 left = _mm512_cmpeq_epi32_mask(tap, _mm512_set1_epi32(int32_t(i * W)));
+        const __mmask16 right = _mm512_cmpeq_epi32_mask(tap, _mm512_set1_epi32(int32_t(i * W + 1)));
+        matched |= left | right;
+        const __m512 l = _mm512_maskz_add_ps(left, g, zero), r = _mm512_maskz_add_ps(right, g, zero);
+        float* row = gin + (oh * kh + i) * W + 2 * ow0;
+        _mm512_storeu_ps(row, _mm512_permutex2var_ps(l, first_half, r));
+        _mm512_storeu_ps(row + 16, _mm512_permutex2var_ps(l, second_half, r));
+      }
+      if (matched != 0xFFFF) return false;
+    }
+    if (W > 2 * OW)  // columns past the last window
+      for (int64_t i = 0; i < kh; ++i) std::fill(gin + (oh * kh + i) * W + 2 * OW, gin + (oh * kh + i + 1) * W, 0.0f);
+  }
+  std::fill(gin + OH * kh * W, gin + H * W, 0.0f);  // rows past the last window
+  return true;
+}
 #endif
 
 }  // namespace
@@ -476,6 +528,9 @@ bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const 
   const int64_t planes = p.N * p.C;
 #if CONVX_POOL_AVX512
   const bool use_avx512 = std::is_same<T, float>::value && in_plane < 2147483647 && simd_level() == "avx512";
+  const bool tiled_2_wide = use_avx512 && p.kernel_w == 2 && p.stride_w == 2 && p.kernel_h == p.stride_h &&
+                            p.pad_h == 0 && p.pad_w == 0 && p.dilation_h == 1 && p.dilation_w == 1 &&
+                            p.out_w() >= 16 && p.out_h() * p.kernel_h <= p.H && 2 * p.out_w() <= p.W;
 #endif
   // One thread per plane: overlapping windows add into the same input element in
   // a fixed order, so the result is bitwise repeatable without atomics. Indices
@@ -489,6 +544,11 @@ bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const 
     T* gin = grad_input + plane * in_plane;
     const T* gout = grad_output + plane * out_plane;
     const int64_t* idx = indices + plane * out_plane;
+#if CONVX_POOL_AVX512
+    if constexpr (std::is_same<T, float>::value)
+      if (tiled_2_wide && tiled_2_wide_backward_avx512(gout, idx, p.H, p.W, p.kernel_h, p.out_h(), p.out_w(), gin))
+        continue;
+#endif
     std::fill(gin, gin + in_plane, T(0));
     bool ok;
 #if CONVX_POOL_AVX512
