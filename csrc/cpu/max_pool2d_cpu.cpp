@@ -251,7 +251,8 @@ __attribute__((target("avx512f"))) void pool_plane_gather_avx512(const float* in
                                                                  int64_t outputs, float* out, int64_t* idx) {
   for (int64_t o0 = 0; o0 < outputs; o0 += 16) {
     const __mmask16 lanes = outputs - o0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (outputs - o0)) - 1);
-    const __m512i corner = _mm512_maskz_loadu_epi32(lanes, corners + o0);
+    const __m512i corner =
+        lanes == 0xFFFF ? _mm512_loadu_si512(corners + o0) : _mm512_maskz_loadu_epi32(lanes, corners + o0);
     __m512 best = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, corner, in, 4);
     __m512i tap = _mm512_setzero_si512();
     for (int64_t i = 0; i < kh; ++i)
@@ -264,11 +265,18 @@ __attribute__((target("avx512f"))) void pool_plane_gather_avx512(const float* in
         best = _mm512_mask_mov_ps(best, take, v);
         tap = _mm512_mask_mov_epi32(tap, take, offset);
       }
-    _mm512_mask_storeu_ps(out + o0, lanes, best);
     const __m512i flat = _mm512_add_epi32(corner, tap);
-    _mm512_mask_storeu_epi64(idx + o0, __mmask8(lanes), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat)));
-    _mm512_mask_storeu_epi64(idx + o0 + 8, __mmask8(lanes >> 8),
-                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(flat, 1)));
+    const __m512i flat_lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat)),
+                  flat_hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(flat, 1));
+    if (lanes == 0xFFFF) {  // plain stores: a masked store costs several here
+      _mm512_storeu_ps(out + o0, best);
+      _mm512_storeu_si512(idx + o0, flat_lo);
+      _mm512_storeu_si512(idx + o0 + 8, flat_hi);
+    } else {
+      _mm512_mask_storeu_ps(out + o0, lanes, best);
+      _mm512_mask_storeu_epi64(idx + o0, __mmask8(lanes), flat_lo);
+      _mm512_mask_storeu_epi64(idx + o0 + 8, __mmask8(lanes >> 8), flat_hi);
+    }
   }
 }
 
