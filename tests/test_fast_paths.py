@@ -82,8 +82,10 @@ def test_max_pool2d_windows_past_the_row_ends_match_reference(W, k, s, pad, ceil
 @pytest.mark.parametrize("H,W,k,s", [(26, 26, (2, 2), (2, 2)), (11, 11, (2, 2), (2, 2)), (7, 7, (3, 3), (2, 2)),
                                      (7, 5, (2, 2), (1, 1)), (6, 31, (3, 2), (1, 2)), (9, 9, (4, 4), (3, 3))])
 def test_max_pool2d_narrow_planes_match_reference(H, W, k, s):
-    # Rows narrower than a vector take the gather kernel (whole planes, 16 outputs
-    # at a time, a masked tail); planes of 4 to 45 outputs cover full and partial vectors.
+    # Rows narrower than a vector: 5 to 15 outputs a row with stride 1 or 2 take a
+    # row per vector (spare lanes stored over the next row, masked on the last);
+    # the others the gather kernel (whole planes, 16 outputs at a time, a masked
+    # tail); planes of 4 to 45 outputs cover full and partial vectors.
     p = _pool_params(3, 5, H, W, k, s, (0, 0))
     x = _awkward_values(np.random.default_rng(1), (3, 5, H, W), np.float32)
     (y, i), (y_ref, i_ref) = _pool_both(p, x)
