@@ -202,6 +202,8 @@ def test_targets():
     gemm = targets["GEMM on large square matrices, % of FP32 peak"]  # judged on % of peak, not on speed
     assert gemm.value == 79.0 and gemm.status == "MISS" and gemm.goal_text == "80%"
     assert "gemm 2048^3 vs torch.mm 79%" in gemm.detail
+    no_peak = evaluate_targets([_row("gemm 1024^3 vs torch.mm", "gemm", 2.0)])
+    assert [t.status for t in no_peak if t.unit == "%"] == ["n/a"]
 
     rows.append(_row("conv c bwd_data", "conv", None, status="FAILED"))
     failed = [t for t in evaluate_targets(rows) if t.name.startswith("conv rows")]

@@ -489,13 +489,13 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
       for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, T(0));
     return;
   }
-  const int64_t nc_max = std::min(kNC, (N + NR - 1) / NR * NR);
-  const int64_t kc_max = std::min(kKC, K);
-  const int64_t mc_max = std::min(kMC, (M + kMR - 1) / kMR * kMR);
   if (M <= kMC) {
     gemm_one_a_block<T>(M, N, K, pack_a, pack_b, beta, C, ldc);
     return;
   }
+  const int64_t nc_max = std::min(kNC, (N + NR - 1) / NR * NR);
+  const int64_t kc_max = std::min(kKC, K);
+  const int64_t mc_max = std::min(kMC, (M + kMR - 1) / kMR * kMR);
   Scratch<T> b_packed(WorkspaceSlot::GemmB, nc_max * kc_max),
       a_packed(WorkspaceSlot::GemmA, kInPlaceA ? 0 : mc_max * kc_max);
   const bool prefetch_c = prefetch_c_tiles<T>(M, N);

@@ -138,7 +138,8 @@ __attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int6
     const float* corner = in + corner_offset;
     // whether every load of the block has its 32nd element inside the plane
     const bool room = corner_offset + (rows - 1) * W + kw + 31 <= plane_size;
-    __m512 best = load_lanes_avx512(corner, sw, even, room);  // the first tap seeds the maximum, as in pool_row_interior
+    // the first tap seeds the maximum, as in pool_row_interior
+    __m512 best = load_lanes_avx512(corner, sw, even, room);
     __m512i tap = _mm512_setzero_si512();
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
@@ -415,10 +416,10 @@ void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* outpu
       if constexpr (std::is_same<T, float>::value) {
         if (clipped_blocks) {
           // Blocks of 16 from each end over the windows pool_row_avx512 cannot
-          // take; a last block that would pass OW moves back to end there
-          // (recomputing an output gives the same result).
-          // The interior then starts at the next multiple of 16, where the left
-          // blocks end, as long as a whole vector remains.
+          // take (a last block that would pass OW moves back to end there:
+          // recomputing an output gives the same result); the interior starts
+          // at the next multiple of 16, where the left blocks end, as long as a
+          // whole vector remains, else the blocks take the whole row.
           const int64_t rows = h_end - h0;
           const int64_t interior_lo = (ow_lo + 15) / 16 * 16;
           const bool vector_interior = ow_hi - interior_lo >= 16;

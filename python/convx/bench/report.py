@@ -120,6 +120,9 @@ def _target(name: str, goal: float, rows: List[Row], combine: Callable[[List[flo
     def measure(r: Row) -> float:
         return r.speedup if unit == "x" else r.convx_peak_pct
 
+    if any(measure(r) is None for r in rows):  # % of peak, with no peak measured
+        target.detail = "no FP32 peak measured for these rows"
+        return target
     target.value = combine([measure(r) for r in rows])
     worst = min(rows, key=measure)
     target.status = "PASS" if target.value >= goal else "MISS"
