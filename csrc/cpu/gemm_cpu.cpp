@@ -424,6 +424,19 @@ struct IsInPlaceA<InPlaceSegmentedA<T>> {
   static constexpr bool value = true;
 };
 
+// One micro-kernel of the blocked loops: the C tile at row i, column j from
+// A's strip (at a_packed, or where A lies when PackA is an InPlaceA) and the
+// packed B strip b, over the K block from pc.
+template <typename T, typename PackA>
+inline void run_tile(const PackA& pack_a, const T* a_packed, PackedStrip<T> b, int64_t M, int64_t N, int64_t i,
+                     int64_t j, int64_t pc, int64_t kc, T* C, int64_t ldc, bool accumulate, bool prefetch_c) {
+  const int64_t m = std::min(kMR, M - i), n = std::min(kNR<T>, N - j);
+  if constexpr (IsInPlaceA<PackA>::value)
+    run_micro_kernel<T>(kc, pack_a.strip(M, i, pc), b, C + i * ldc + j, ldc, m, n, accumulate, prefetch_c);
+  else
+    run_micro_kernel<T>(kc, a_packed, b, C + i * ldc + j, ldc, m, n, accumulate, prefetch_c);
+}
+
 // gemm_blocked for an A of one MC block (M <= kMC, the K filters of most
 // convolutions): each packed strip of B then serves that block alone, so it is
 // packed just before its micro-kernels run, into a per-thread buffer of one strip
@@ -462,12 +475,7 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
         const PackedStrip<T> b{b_strip.data()};
         for (int64_t is = 0; is < m_strips; ++is) {
           const int64_t i = is * kMR;
-          if constexpr (kInPlaceA)
-            run_micro_kernel<T>(kc, pack_a.strip(M, i, pc), b, C + i * ldc + j, ldc, std::min(kMR, M - i),
-                                std::min(NR, N - j), accumulate, prefetch_c);
-          else
-            run_micro_kernel<T>(kc, ap + is * kMR * kc, b, C + i * ldc + j, ldc, std::min(kMR, M - i),
-                                std::min(NR, N - j), accumulate, prefetch_c);
+          run_tile<T>(pack_a, ap + is * kMR * kc, b, M, N, i, j, pc, kc, C, ldc, accumulate, prefetch_c);
         }
       }
     }
@@ -528,12 +536,7 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
             for (int64_t is = 0; is < m_strips; ++is) {
               const int64_t i = ic + is * kMR, j = jc + js * NR;
               const PackedStrip<T> b{bp + js * NR * kc};
-              if constexpr (kInPlaceA)
-                run_micro_kernel<T>(kc, pack_a.strip(M, i, pc), b, C + i * ldc + j, ldc, std::min(kMR, M - i),
-                                    std::min(NR, N - j), accumulate, prefetch_c);
-              else
-                run_micro_kernel<T>(kc, ap + is * kMR * kc, b, C + i * ldc + j, ldc, std::min(kMR, M - i),
-                                    std::min(NR, N - j), accumulate, prefetch_c);
+              run_tile<T>(pack_a, ap + is * kMR * kc, b, M, N, i, j, pc, kc, C, ldc, accumulate, prefetch_c);
             }
         }
       }

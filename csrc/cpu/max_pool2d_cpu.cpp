@@ -100,6 +100,68 @@ CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int6
 }
 
 #if CONVX_POOL_AVX512
+// Lane l of a vector of windows: the element at in + offset + l * sw, stride 1
+// by one load, stride 2 as the even elements of two loads by one permute. With
+// room false (a load would pass the plane's end) the elements from
+// in + plane_size on are not read and come back as zero: a masked load costs
+// several plain ones here, so only there.
+template <int SW>
+__attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_avx512(
+    const float* in, int64_t offset, int64_t plane_size, __m512i even, bool room) {
+  static_assert(SW == 1 || SW == 2, "a vector of windows 1 or 2 columns apart");
+  const float* at = in + offset;
+  if (room) {
+    if (SW == 1) return _mm512_loadu_ps(at);
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(at), even, _mm512_loadu_ps(at + 16));
+  }
+  const int64_t left = plane_size - offset;
+  const uint64_t before_end = left >= 32 ? ~uint64_t(0) : (uint64_t(1) << left) - 1;
+  const __m512 a = _mm512_maskz_loadu_ps(__mmask16(before_end), at);
+  if (SW == 1) return a;
+  return _mm512_permutex2var_ps(a, even, _mm512_maskz_loadu_ps(__mmask16(before_end >> 16), at + 16));
+}
+
+// Lane offsets of 16 windows whose corners are sw apart: lane * sw, as two int64
+// halves (for the flat indices, which are int64).
+__attribute__((target("avx512f"), always_inline)) inline void lane_offsets_avx512(int64_t sw, __m512i& lo,
+                                                                                __m512i& hi) {
+  lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  hi = _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15);
+  if (sw == 2) {
+    lo = _mm512_add_epi64(lo, lo);
+    hi = _mm512_add_epi64(hi, hi);
+  }
+}
+
+// The maximum of 16 windows of rows x kw taps with corners at `corner`,
+// corner + sw, ... (offsets in the plane) and the flat index of each winner,
+// corner + lane * sw + (i*W + j of its tap), as two int64 vectors. The first
+// tap seeds the maximum, as in pool_row_interior. Loads are whole vectors
+// unless one would pass the plane's end (see load_lanes_avx512).
+// SW, the stride along the row, is a template argument so that each stride gets
+// its own loop with no branch on it (a run-time stride cost ~5% here).
+template <int SW>
+__attribute__((target("avx512f"), always_inline)) inline __m512 windows_max_avx512(
+    const float* in, int64_t plane_size, int64_t W, int64_t corner, int64_t rows, int64_t kw, __m512i even,
+    __m512i lane_lo, __m512i lane_hi, __m512i& index_lo, __m512i& index_hi) {
+  const bool room = corner + (rows - 1) * W + kw - 1 + 16 * SW <= plane_size;
+  __m512 best = load_lanes_avx512<SW>(in, corner, plane_size, even, room);
+  __m512i tap = _mm512_setzero_si512();
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
+      const __m512 v = load_lanes_avx512<SW>(in, corner + i * W + j, plane_size, even, room);
+      const __mmask16 take =
+          _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // NaN wins
+      best = _mm512_mask_mov_ps(best, take, v);
+      tap = _mm512_mask_mov_epi32(tap, take, _mm512_set1_epi32(int32_t(i * W + j)));
+    }
+  const __m512i base = _mm512_set1_epi64(corner);
+  index_lo = _mm512_add_epi64(_mm512_add_epi64(base, lane_lo), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tap)));
+  index_hi =
+      _mm512_add_epi64(_mm512_add_epi64(base, lane_hi), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(tap, 1)));
+  return best;
+}
+
 // float, stride 1 or 2, written with AVX-512 intrinsics: the auto-vectorized loop
 // above only runs its vector body on rows longer than its strided over-read
 // allows, so on a 56-wide row most outputs fell to its scalar remainder, which
@@ -107,55 +169,24 @@ CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int6
 // Lanes = 16 consecutive output columns; the last block overlaps the one before
 // (recomputing an output is harmless). The running maximum and the winning tap
 // (i*W + j from the window's corner, int32: the caller checks kernel_h*W < 2**31)
-// stay in registers. Stride 2 gathers the even positions from two loads with one
-// permute; the second load reads one element past the last tap, so near the end
-// of the plane it is masked to 15 lanes (a masked load costs several plain ones
-// here, so only there). Returns the first column it did not handle.
-__attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_avx512(const float* at, int64_t sw,
-                                                                                __m512i even, bool room) {
-  if (sw == 1) return _mm512_loadu_ps(at);
-  const __m512 a = _mm512_loadu_ps(at);
-  const __m512 b = room ? _mm512_loadu_ps(at + 16) : _mm512_maskz_loadu_ps(__mmask16(0x7FFF), at + 16);
-  return _mm512_permutex2var_ps(a, even, b);
-}
-
+// stay in registers (windows_max_avx512). Returns the first column it did not
+// handle.
 __attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int64_t plane_size, int64_t W,
                                                            int64_t h0, int64_t rows, int64_t kw, int64_t sw,
                                                            int64_t pad, int64_t ow_lo, int64_t ow_hi, float* out,
                                                            int64_t* idx) {
   if ((sw != 1 && sw != 2) || ow_hi - ow_lo < 16) return ow_lo;
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  // lane * stride for the 16 lanes, as two int64 halves
-  __m512i lane_lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  __m512i lane_hi = _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15);
-  if (sw == 2) {
-    lane_lo = _mm512_add_epi64(lane_lo, lane_lo);
-    lane_hi = _mm512_add_epi64(lane_hi, lane_hi);
-  }
+  __m512i lane_lo, lane_hi;
+  lane_offsets_avx512(sw, lane_lo, lane_hi);
   for (int64_t block = ow_lo; block < ow_hi; block += 16) {
     const int64_t ow0 = std::min(block, ow_hi - 16);
-    const int64_t corner_offset = h0 * W + ow0 * sw - pad;
-    const float* corner = in + corner_offset;
-    // whether every load of the block has its 32nd element inside the plane
-    const bool room = corner_offset + (rows - 1) * W + kw + 31 <= plane_size;
-    // the first tap seeds the maximum, as in pool_row_interior
-    __m512 best = load_lanes_avx512(corner, sw, even, room);
-    __m512i tap = _mm512_setzero_si512();
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
-        const __m512 v = load_lanes_avx512(corner + i * W + j, sw, even, room);
-        const __mmask16 take =
-            _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // NaN wins
-        best = _mm512_mask_mov_ps(best, take, v);
-        tap = _mm512_mask_mov_epi32(tap, take, _mm512_set1_epi32(int32_t(i * W + j)));
-      }
+    __m512i lo, hi;
+    const int64_t corner = h0 * W + ow0 * sw - pad;
+    const __m512 best =
+        sw == 2 ? windows_max_avx512<2>(in, plane_size, W, corner, rows, kw, even, lane_lo, lane_hi, lo, hi)
+                : windows_max_avx512<1>(in, plane_size, W, corner, rows, kw, even, lane_lo, lane_hi, lo, hi);
     _mm512_storeu_ps(out + ow0, best);
-    // index = corner index + lane * stride + tap, in int64
-    const __m512i base = _mm512_set1_epi64(h0 * W + ow0 * sw - pad);
-    const __m512i lo = _mm512_add_epi64(_mm512_add_epi64(base, lane_lo),
-                                        _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tap)));
-    const __m512i hi = _mm512_add_epi64(_mm512_add_epi64(base, lane_hi),
-                                        _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(tap, 1)));
     _mm512_storeu_si512(idx + ow0, lo);
     _mm512_storeu_si512(idx + ow0 + 8, hi);
   }
@@ -281,18 +312,6 @@ __attribute__((target("avx512f"))) void pool_plane_gather_avx512(const float* in
   }
 }
 
-// load_lanes_avx512 from in + offset, but with room false the elements from
-// in + plane_size on are not read (they come back as zero).
-__attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_before_avx512(
-    const float* in, int64_t offset, int64_t plane_size, int64_t sw, __m512i even, bool room) {
-  if (room) return load_lanes_avx512(in + offset, sw, even, true);
-  const int64_t left = plane_size - offset;
-  const uint64_t before_end = left >= 32 ? ~uint64_t(0) : (uint64_t(1) << left) - 1;
-  const __m512 a = _mm512_maskz_loadu_ps(__mmask16(before_end), in + offset);
-  if (sw == 1) return a;
-  return _mm512_permutex2var_ps(a, even, _mm512_maskz_loadu_ps(__mmask16(before_end >> 16), in + offset + 16));
-}
-
 // The same planes (no padding, every window inside, fewer than 16 outputs a
 // row) with stride 1 or 2 along the row: one output row per vector, its taps
 // fetched by plain loads and, for stride 2, one permute (as pool_row_avx512),
@@ -306,32 +325,15 @@ __attribute__((target("avx512f"))) void pool_plane_narrow_rows_avx512(const floa
                                                                       int64_t sh, int64_t sw, int64_t OH,
                                                                       int64_t OW, float* out, int64_t* idx) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  __m512i lane_lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  __m512i lane_hi = _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15);
-  if (sw == 2) {
-    lane_lo = _mm512_add_epi64(lane_lo, lane_lo);
-    lane_hi = _mm512_add_epi64(lane_hi, lane_hi);
-  }
+  __m512i lane_lo, lane_hi;
+  lane_offsets_avx512(sw, lane_lo, lane_hi);
   const int64_t outputs = OH * OW;
   for (int64_t oh = 0; oh < OH; ++oh) {
+    __m512i lo, hi;
     const int64_t corner = oh * sh * W;
-    // whether every load of the row has its 16 * sw elements inside the plane
-    const bool room = corner + (kh - 1) * W + kw - 1 + 16 * sw <= plane_size;
-    __m512 best = load_lanes_before_avx512(in, corner, plane_size, sw, even, room);
-    __m512i tap = _mm512_setzero_si512();
-    for (int64_t i = 0; i < kh; ++i)
-      for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
-        const __m512 v = load_lanes_before_avx512(in, corner + i * W + j, plane_size, sw, even, room);
-        const __mmask16 take =
-            _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // NaN wins
-        best = _mm512_mask_mov_ps(best, take, v);
-        tap = _mm512_mask_mov_epi32(tap, take, _mm512_set1_epi32(int32_t(i * W + j)));
-      }
-    const __m512i base = _mm512_set1_epi64(corner);
-    const __m512i lo = _mm512_add_epi64(_mm512_add_epi64(base, lane_lo),
-                                        _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tap)));
-    const __m512i hi = _mm512_add_epi64(_mm512_add_epi64(base, lane_hi),
-                                        _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(tap, 1)));
+    const __m512 best =
+        sw == 2 ? windows_max_avx512<2>(in, plane_size, W, corner, kh, kw, even, lane_lo, lane_hi, lo, hi)
+                : windows_max_avx512<1>(in, plane_size, W, corner, kh, kw, even, lane_lo, lane_hi, lo, hi);
     const int64_t o = oh * OW;
     if (o + 16 <= outputs) {
       _mm512_storeu_ps(out + o, best);
@@ -500,6 +502,18 @@ bool scatter_add_scalar(const T* gout, const int64_t* idx, int64_t o0, int64_t o
 }
 
 #if CONVX_POOL_AVX512
+// 16 indices from idx, narrowed to int32 lanes (the callers' planes have fewer
+// than 2**31 elements); false if any lies outside [0, limit).
+__attribute__((target("avx512f"), always_inline)) inline bool load_indices_avx512(const int64_t* idx, __m512i limit,
+                                                                                __m512i& i32) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i lo = _mm512_loadu_si512(idx), hi = _mm512_loadu_si512(idx + 8);
+  const __mmask8 outside = _mm512_cmplt_epi64_mask(lo, zero) | _mm512_cmpge_epi64_mask(lo, limit) |
+                           _mm512_cmplt_epi64_mask(hi, zero) | _mm512_cmpge_epi64_mask(hi, limit);
+  i32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+  return outside == 0;
+}
+
 // The same scatter 16 outputs at a time: check the indices, gather the current
 // sums, add, scatter back. Lanes that share an index (overlapping windows whose
 // maxima coincide: on random data nearly every vector of a 3x3 stride-2 pool has
@@ -512,17 +526,13 @@ bool scatter_add_scalar(const T* gout, const int64_t* idx, int64_t o0, int64_t o
 __attribute__((target("avx512f,avx512cd"))) bool scatter_add_avx512(const float* gout, const int64_t* idx,
                                                                      int64_t out_plane, int64_t in_plane,
                                                                      float* gin) {
-  const __m512i zero = _mm512_setzero_si512(), limit = _mm512_set1_epi64(in_plane);
+  const __m512i limit = _mm512_set1_epi64(in_plane);
   // lane k -> k - 1 (lane 0 -> 0, never used: lane 0 has no earlier lane)
   const __m512i lane_before = _mm512_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14);
   int64_t o = 0;
   for (; o + 16 <= out_plane; o += 16) {
-    const __m512i lo = _mm512_loadu_si512(idx + o), hi = _mm512_loadu_si512(idx + o + 8);
-    const __mmask8 bad = _mm512_cmplt_epi64_mask(lo, zero) | _mm512_cmpge_epi64_mask(lo, limit) |
-                         _mm512_cmplt_epi64_mask(hi, zero) | _mm512_cmpge_epi64_mask(hi, limit);
-    if (bad) return false;
-    const __m512i i32 =
-        _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+    __m512i i32;
+    if (!load_indices_avx512(idx + o, limit, i32)) return false;
     const __m512i earlier_same = _mm512_conflict_epi32(i32);
     const __m512 g = _mm512_loadu_ps(gout + o);
     const __mmask16 repeats = _mm512_test_epi32_mask(earlier_same, earlier_same);
@@ -573,17 +583,13 @@ __attribute__((target("avx512f"))) bool tiled_2_wide_backward_avx512(const float
   const __m512i lane2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  const __m512i zero_i = _mm512_setzero_si512(), limit = _mm512_set1_epi64(H * W);
+  const __m512i limit = _mm512_set1_epi64(H * W);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t oh = 0; oh < OH; ++oh) {
     for (int64_t block = 0; block < OW; block += 16) {
       const int64_t ow0 = std::min(block, OW - 16), o = oh * OW + ow0;
-      const __m512i lo = _mm512_loadu_si512(idx + o), hi = _mm512_loadu_si512(idx + o + 8);
-      const __mmask8 outside = _mm512_cmplt_epi64_mask(lo, zero_i) | _mm512_cmpge_epi64_mask(lo, limit) |
-                               _mm512_cmplt_epi64_mask(hi, zero_i) | _mm512_cmpge_epi64_mask(hi, limit);
-      if (outside) return false;
-      const __m512i flat =
-          _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+      __m512i flat;
+      if (!load_indices_avx512(idx + o, limit, flat)) return false;
       // each lane's index relative to its window's corner
       const __m512i tap = _mm512_sub_epi32(flat, _mm512_add_epi32(_mm512_set1_epi32(int32_t(oh * kh * W + 2 * ow0)),
                                                                   lane2));
