@@ -133,6 +133,7 @@ def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
         np.add.at(want[plane], idx.reshape(p.N * p.C, -1)[plane], gy.reshape(p.N * p.C, -1)[plane])
     np.testing.assert_array_equal(gx.reshape(p.N * p.C, -1), want)
 
+
 @pytest.mark.parametrize("H,W,k", [(37, 37, (2, 2)), (32, 64, (2, 2)), (40, 35, (3, 2))])
 def test_max_pool2d_backward_of_tiling_windows_matches_ordered_scatter(H, W, k):
     # Windows 2 wide, stride = kernel, 16+ outputs a row: grad_input is written
