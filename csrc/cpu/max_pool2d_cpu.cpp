@@ -102,9 +102,9 @@ CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int6
 #if CONVX_POOL_AVX512
 // Lane l of a vector of windows: the element at in + offset + l * sw, stride 1
 // by one load, stride 2 as the even elements of two loads by one permute. With
-// room false (a load would pass the plane's end) the elements from
-// in + plane_size on are not read and come back as zero: a masked load costs
-// several plain ones here, so only there.
+// room false (a load would pass either end of the plane [in, in + plane_size))
+// the elements outside the plane are not read and come back as zero: a masked
+// load costs several plain ones here, so only there.
 template <int SW>
 __attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_avx512(
     const float* in, int64_t offset, int64_t plane_size, __m512i even, bool room) {
@@ -114,11 +114,13 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_avx51
     if (SW == 1) return _mm512_loadu_ps(at);
     return _mm512_permutex2var_ps(_mm512_loadu_ps(at), even, _mm512_loadu_ps(at + 16));
   }
-  const int64_t left = plane_size - offset;
-  const uint64_t before_end = left >= 32 ? ~uint64_t(0) : (uint64_t(1) << left) - 1;
-  const __m512 a = _mm512_maskz_loadu_ps(__mmask16(before_end), at);
+  // elements e in [lo, hi) of the 32 from `at` lie in the plane
+  const int64_t lo = std::min<int64_t>(32, std::max<int64_t>(0, -offset));
+  const int64_t hi = std::min<int64_t>(32, std::max<int64_t>(0, plane_size - offset));
+  const uint64_t in_plane = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
+  const __m512 a = _mm512_maskz_loadu_ps(__mmask16(in_plane), at);
   if (SW == 1) return a;
-  return _mm512_permutex2var_ps(a, even, _mm512_maskz_loadu_ps(__mmask16(before_end >> 16), at + 16));
+  return _mm512_permutex2var_ps(a, even, _mm512_maskz_loadu_ps(__mmask16(in_plane >> 16), at + 16));
 }
 
 // Lane offsets of 16 windows whose corners are sw apart: lane * sw, as two int64
@@ -193,23 +195,13 @@ __attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int6
   return ow_hi;
 }
 
-// For tap column j of a block whose lanes start at columns `start` (lane 0 at
-// first_col): the lanes whose tap lies inside the row, and which of the loaded
-// elements (columns first_col + j, +1, ..., 16 then 15 of them) lie inside it.
-struct ClippedColumnMasks {
-  __mmask16 lanes, first16, next15;
-};
-
-__attribute__((target("avx512f"), always_inline)) inline ClippedColumnMasks clipped_column_masks(
-    __m512i start, int64_t first_col, int64_t j, int64_t W) {
+// For tap column j of a block whose lanes start at columns `start`: the lanes
+// whose tap lies inside the row.
+__attribute__((target("avx512f"), always_inline)) inline __mmask16 clipped_lanes(__m512i start, int64_t j,
+                                                                               int64_t W) {
   const __m512i cols = _mm512_add_epi32(start, _mm512_set1_epi32(int32_t(j)));
-  const int64_t c0 = first_col + j;
-  const int64_t lo = std::min<int64_t>(32, std::max<int64_t>(0, -c0));
-  const int64_t hi = std::min<int64_t>(32, std::max<int64_t>(0, W - c0));
-  const uint64_t in_row = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
-  const __mmask16 lanes = _mm512_cmpge_epi32_mask(cols, _mm512_setzero_si512()) &
-                          _mm512_cmplt_epi32_mask(cols, _mm512_set1_epi32(int32_t(W)));
-  return ClippedColumnMasks{lanes, __mmask16(in_row), __mmask16((in_row >> 16) & 0x7FFF)};
+  return _mm512_cmpge_epi32_mask(cols, _mm512_setzero_si512()) &
+         _mm512_cmplt_epi32_mask(cols, _mm512_set1_epi32(int32_t(W)));
 }
 
 // One block of 16 output columns from ow0, whose windows may reach past either
@@ -234,33 +226,25 @@ __attribute__((target("avx512f"))) void pool_block_clipped_avx512(const float* i
   // Only the taps that put some lane inside the row: a huge padded window costs
   // what it covers, not its width.
   const int64_t j_lo = std::max<int64_t>(0, -(first_col + 15 * sw)), j_hi = std::min(kw, W - first_col);
-  // Per tap column, the masks are the same for every window row, so for up to
+  // Per tap column, the lanes are the same for every window row, so for up to
   // eight columns they are worked out once, not once per row.
-  ClippedColumnMasks saved[8];
+  __mmask16 saved[8];
   const bool use_saved = j_hi - j_lo <= 8;
   if (use_saved)
-    for (int64_t j = j_lo; j < j_hi; ++j) saved[j - j_lo] = clipped_column_masks(start, first_col, j, W);
+    for (int64_t j = j_lo; j < j_hi; ++j) saved[j - j_lo] = clipped_lanes(start, j, W);
   for (int64_t i = 0; i < rows; ++i) {
     const __m512i row_start = _mm512_add_epi32(_mm512_set1_epi32(int32_t((h0 + i) * W)), start);
     for (int64_t j = j_lo; j < j_hi; ++j) {
-      const ClippedColumnMasks m = use_saved ? saved[j - j_lo] : clipped_column_masks(start, first_col, j, W);
-      // Masked loads only where the elements run off the plane (the first row's
-      // left edge, the last row's right): a masked load with lanes masked off
-      // costs several plain ones here, and the lane masks already drop the
+      const __mmask16 lanes = use_saved ? saved[j - j_lo] : clipped_lanes(start, j, W);
+      // Whole-vector loads unless they would leave the plane (the first row's
+      // left edge, the last row's right): the lane masks already drop the
       // columns that belong to the neighbouring rows.
       const int64_t offset = (h0 + i) * W + first_col + j;
       const bool whole = offset >= 0 && offset + 16 * sw <= plane_size;
-      const float* at = in + offset;
-      __m512 v;
-      if (sw == 1) {
-        v = whole ? _mm512_loadu_ps(at) : _mm512_maskz_loadu_ps(m.first16, at);
-      } else {  // lane l takes element 2l of 31 columns: the even ones, by one permute
-        v = whole ? _mm512_permutex2var_ps(_mm512_loadu_ps(at), even, _mm512_loadu_ps(at + 16))
-                  : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.first16, at), even,
-                                           _mm512_maskz_loadu_ps(m.next15, at + 16));
-      }
+      const __m512 v = sw == 2 ? load_lanes_avx512<2>(in, offset, plane_size, even, whole)
+                               : load_lanes_avx512<1>(in, offset, plane_size, even, whole);
       const __mmask16 take =
-          m.lanes & (_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+          lanes & (_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
       best = _mm512_mask_mov_ps(best, take, v);
       best_at = _mm512_mask_mov_epi32(best_at, take, _mm512_add_epi32(row_start, _mm512_set1_epi32(int32_t(j))));
     }
