@@ -515,6 +515,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_allow_winograd_4x4", &conv2d_set_allow_winograd_4x4, py::arg("allow"),
         "Whether the CPU dispatcher may pick Winograd F(4x4) (process-wide).");
   m.def("allow_winograd_4x4", &conv2d_allow_winograd_4x4);
+  m.def("_winograd_set_budgets", &conv2d_winograd_set_budgets, py::arg("forward_bytes"), py::arg("weight_bytes"),
+        "Test seam: the Winograd workspace budgets in bytes (forward and backward-data, weight gradient); "
+        "<= 0 keeps one. Returns the previous pair.");
   m.def("simd_level", &simd_level, "Instruction set the SIMD kernels use on this CPU.");
   m.def("max_threads", &max_threads, "OpenMP threads a kernel started from this thread uses.");
   // ---- benchmark support: the machine's FP32 peak and the thread count at run time ----

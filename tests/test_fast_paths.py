@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import convx
 from convx import _C
 from convx.functional import _pool2d_params
 
@@ -299,6 +300,65 @@ def test_winograd_weight_gradient_over_several_blocks(algo):
     _C.conv2d_backward_weight(p, gy, x, ref, "im2col")
     assert _C.conv2d_backward_weight(p, gy, x, gw, algo) == algo
     assert _rel_err(gw, ref) <= 1e-12
+
+
+@pytest.fixture
+def winograd_budgets():
+    """Sets the Winograd workspace budgets (forward, weight gradient) for one test."""
+    before = _C._winograd_set_budgets(0, 0)
+    yield lambda forward, weight: _C._winograd_set_budgets(forward, weight)
+    _C._winograd_set_budgets(*before)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("budget_kib", [16, 96, 400])
+@pytest.mark.parametrize("algo", WINOGRAD_ALGOS)
+def test_winograd_cut_into_channel_slices_and_tile_blocks(winograd_budgets, algo, budget_kib, dtype):
+    # Small budgets cut 16 -> 40 channels on 18x18 (2 images) into slices of 8-40
+    # output channels (some uneven: 24 + 16, 16 + 16 + 8) and blocks of 1-3 tile
+    # rows, with the slices outside the blocks (the input transform repeated) for
+    # some and inside (the filter transform repeated) for others, in all three
+    # directions. Every cut must give the uncut result.
+    p = _conv_params(2, 16, 18, 18, 40, (1, 1, 1, 1))
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((p.N, p.C, p.H, p.W)), rng.standard_normal((p.K, p.C, 3, 3))
+    b, gy = rng.standard_normal(p.K), rng.standard_normal((p.N, p.K, p.out_h(), p.out_w()))
+    refs = [np.empty((p.N, p.K, p.out_h(), p.out_w())), np.empty((p.N, p.C, p.H, p.W)), np.empty((p.K, p.C, 3, 3))]
+    _C.conv2d_forward(p, x, w, b, refs[0], "direct")
+    _C.conv2d_backward_data(p, gy, w, refs[1], "direct")
+    _C.conv2d_backward_weight(p, gy, x, refs[2], "direct")
+    winograd_budgets(budget_kib * 1024, budget_kib * 1024)
+    outs = [np.empty(r.shape, dtype) for r in refs]
+    xd, wd, bd, gyd = (a.astype(dtype) for a in (x, w, b, gy))
+    assert _C.conv2d_forward(p, xd, wd, bd, outs[0], algo) == algo
+    assert _C.conv2d_backward_data(p, gyd, wd, outs[1], algo) == algo
+    assert _C.conv2d_backward_weight(p, gyd, xd, outs[2], algo) == algo
+    for out, ref in zip(outs, refs):
+        assert _rel_err(out, ref) <= (1e-12 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward_weight"])
+def test_winograd_workspace_stays_within_its_budget(direction):
+    # 256 -> 256 channels at 19x19, batch 8: uncut, F(4x4)'s 36 transformed filter
+    # matrices alone are 9.4 MB, or its products 9.4 MB, beside 7.4 MB of tiles.
+    # The default budgets are 8 MiB (forward) and 12 MiB (weight gradient); the
+    # per-thread transform scratch adds well under 0.5 MiB.
+    convx.release_workspace()
+    p = _conv_params(8, 256, 19, 19, 256, (1, 1, 1, 1))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
+    w = rng.standard_normal((p.K, p.C, 3, 3)).astype(np.float32)
+    if direction == "forward":
+        y = np.empty((p.N, p.K, p.out_h(), p.out_w()), np.float32)
+        assert _C.conv2d_forward(p, x, w, None, y, "winograd_4x4") == "winograd_4x4"
+        budget = 8 * 2**20
+    else:
+        gw = np.empty((p.K, p.C, 3, 3), np.float32)
+        assert _C.conv2d_backward_weight(p, x, x, gw, "winograd_4x4") == "winograd_4x4"
+        budget = 12 * 2**20
+    held = convx.workspace_bytes()
+    convx.release_workspace()
+    assert 0 < held <= budget + 2**19
 
 
 @pytest.mark.parametrize("algo", WINOGRAD_ALGOS)

@@ -2,6 +2,7 @@
 // gradient. All buffers are contiguous NCHW (weight KCRS); `p` must be validated.
 #pragma once
 #include <string>
+#include <utility>
 
 #include "convx/params.h"
 
@@ -65,6 +66,11 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
 template <typename T>
 void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
                                        T* grad_input, int64_t tile);
+// The Winograd kernels' workspace budgets in bytes (forward and backward-data;
+// weight gradient), process-wide: a seam for tests, which cut small layers into
+// many channel slices and tile blocks with small budgets. A value <= 0 leaves that
+// budget as it is; returns the budgets before the call.
+std::pair<double, double> conv2d_winograd_set_budgets(double forward_bytes, double weight_bytes);
 // Weight gradient by F(3x3, 2x2) or F(3x3, 4x4) (the transposes of F(2x2, 3x3) and
 // F(4x4, 3x3)), by `tile` (2 or 4).
 template <typename T>

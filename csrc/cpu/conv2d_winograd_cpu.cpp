@@ -11,8 +11,9 @@
 // channels turns the element-wise product into (m+2)^2 independent matrix
 // products, one per position xi of the transform domain:
 //     M[xi] (K x tiles) = U[xi] (K x C) * V[xi] (C x tiles)
-// which run on the packed GEMM. Tiles are processed in blocks of whole tile rows,
-// so the workspace (V and M for one block) stays bounded, whatever the image size.
+// which run on the packed GEMM. Output channels are processed in slices and tiles
+// in blocks of whole tile rows, so the workspace (U for one slice, V and M for one
+// block) stays within a fixed budget, whatever the layer's size.
 //
 // Two tile sizes, because accuracy and speed pull apart:
 // - F(4x4, 3x3): 36 products for 16 outputs, 4x fewer multiplies than direct.
@@ -50,6 +51,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
@@ -64,9 +66,57 @@ namespace convx {
 namespace {
 
 
-// About this many bytes of V and M per block of tile rows: enough tiles for each
-// product to fill many GEMM strips, little enough to stay near the caches.
-constexpr double kBlockBytes = 8.0 * 1024 * 1024;
+// A run of output channels [begin, begin + count): the filters' transformed copy
+// (U in the forward, the products P in the weight gradient) is made for one slice
+// at a time, so it need not hold all K x C filters at once.
+struct ChannelSlice {
+  int64_t begin, count;
+};
+
+// How a layer is cut to bound its workspace: output channels in slices of
+// `slice` (`slices` of them), tiles in blocks of up to `rows` tile rows. The
+// workspace (the slice's kXi filter matrices, and the block's transformed tiles
+// and products) stays within a fixed budget, whatever the layer's size: before,
+// the filter matrices were made for all K x C filters at once (9.4 MB on 256
+// channels, 38 MB on 512), beside 8 MB of tiles.
+struct WinogradBlocking {
+  int64_t slice, slices, rows;
+};
+
+// The budgets, measured on one core (Zen 4) against a single unbounded block,
+// times interleaved: budget / filter share.
+// - Forward and backward-data, 8 MiB / 0.3: the same speed on 192 and 256
+//   channels at 19x19 (0.98-1.04x), 1.26x faster on 64 channels at 56x56 and
+//   1.31x on 64 -> 128 at 112x112, whose products then stay nearer the caches.
+//   At 6 MiB the 19x19 layers lost 10%, at 4 MiB 25%; the AlphaGo body at batch
+//   1 (F(2x2)) lost 20% below 3 MiB.
+// - Weight gradient, 12 MiB / 0.5: P accumulates over the blocks, so every
+//   extra slice repeats the input transform and X's packing over all tiles;
+//   it wants fewer, larger slices. 8 MiB lost 13-20% on 256 channels at 19x19
+//   and on 512 at 7x7; 12 MiB was within 3% or faster on all the suite's layers.
+constexpr double kForwardFilterShare = 0.3, kWeightFilterShare = 0.5;
+std::atomic<double> forward_budget{8.0 * 1048576}, weight_budget{12.0 * 1048576};
+
+WinogradBlocking winograd_blocking(int64_t xi, int64_t C, int64_t K, int64_t tile_rows, int64_t tw,
+                                   double budget, double filter_share, int64_t elem_bytes) {
+  const double per_channel = double(xi) * double(C) * double(elem_bytes);
+  // Slices are whole 8-row strips of the GEMM's packed A, and as equal as that allows.
+  int64_t slice = std::max<int64_t>(8, int64_t(budget * filter_share / per_channel) / 8 * 8);
+  int64_t slices = 1;
+  if (slice >= K) {
+    slice = K;
+  } else {
+    slices = (K + slice - 1) / slice;
+    slice = ((K + slices - 1) / slices + 7) / 8 * 8;
+    slices = (K + slice - 1) / slice;
+  }
+  // The rest goes to the tiles: at least a quarter of the budget, even where
+  // the minimum slice of 8 filters takes more than its share (many input channels).
+  const double left = std::max(budget - double(slice) * per_channel, budget / 4);
+  const double per_tile = double(xi) * double(C + slice) * double(elem_bytes);
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(left / per_tile) / tw));
+  return {slice, slices, rows};
+}
 
 // Whether the input transform fetches the next channel's rows ahead: only for
 // inputs larger than a core's L2 (1 MB on Zen 5), which the earlier channels'
@@ -75,23 +125,23 @@ constexpr double kBlockBytes = 8.0 * 1024 * 1024;
 // faster, the same at batch 1 (277 KB) 1-2% slower with it.
 bool prefetch_input(int64_t input_bytes) { return input_bytes > (int64_t(1) << 20); }
 
-// One chunk of transform_filters: 8 output channels (one MR strip) from o0 and
-// up to 8 input channels from i0, written as one contiguous run per xi.
+// One chunk of transform_filters: 8 output channels (one MR strip) from o0 of the
+// slice and up to 8 input channels from i0, written as one contiguous run per xi.
 template <typename F, typename T>
 CONVX_SIMD_CLONES void transform_filter_chunk(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate,
-                                              int64_t o0, int64_t i0, int64_t mr, T* U, int64_t a_size,
-                                              int64_t at) {
+                                              const ChannelSlice& slice, int64_t o0, int64_t i0, int64_t mr, T* U,
+                                              int64_t a_size, int64_t at) {
   constexpr int64_t P = F::kPatch, kChunk = 64, kRows = 8;
   T G[P][3];
   for (int64_t a = 0; a < P; ++a)
     for (int s = 0; s < 3; ++s) G[a][s] = T(F::G[a][s]);
-  // Lane e holds o = o0 + e % mr, i = i0 + e / mr; lanes with o past the last
-  // channel hold zero, which the padding rows need.
+  // Lane e holds o = slice.begin + o0 + e % mr, i = i0 + e / mr; lanes with o past
+  // the slice hold zero, which the padding rows need.
   const int64_t count = std::min(kRows, in_channels - i0) * mr;
   T g[3][3][kChunk] = {};
   for (int64_t e = 0; e < count; ++e) {
-    const int64_t o = o0 + e % mr, i = i0 + e / mr;
-    if (o >= out_channels) continue;
+    if (o0 + e % mr >= slice.count) continue;
+    const int64_t o = slice.begin + o0 + e % mr, i = i0 + e / mr;
     for (int r = 0; r < 3; ++r)
       for (int s = 0; s < 3; ++s)
         g[r][s][e] = rotate ? weight[((i * out_channels + o) * 3 + 2 - r) * 3 + 2 - s]
@@ -110,40 +160,30 @@ CONVX_SIMD_CLONES void transform_filter_chunk(const T* weight, int64_t out_chann
     }
 }
 
-// U[xi] = the packed GEMM operand (out_channels x in_channels, a_size elements
+// U[xi] = the packed GEMM operand (slice.count x in_channels, a_size elements
 // apart) holding (G g G^T)[xi] for the filter g from input channel i to output
-// channel o, written straight into the packed layout. `rotate` reads the filter
-// of the backward-data convolution from the forward weight: g[r][s] =
+// channel o of the slice, written straight into the packed layout. `rotate` reads
+// the filter of the backward-data convolution from the forward weight: g[r][s] =
 // weight[i][o][2 - r][2 - s]. Filters go in chunks of 8 output channels (one MR
 // strip of the packed layout) x 8 input channels, laid out lane by lane
 // (g[r][s][e]), so every step is a vector operation across 64 filters and each
 // chunk is one contiguous run per xi in the packed layout.
 template <typename F, typename T>
-void transform_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate, T* U) {
-  const PackedALayout layout = gemm_packed_a_layout(out_channels, in_channels);
-  const int64_t a_size = gemm_packed_a_size<T>(out_channels, in_channels);
+void transform_filters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate,
+                       const ChannelSlice& slice, T* U) {
+  const PackedALayout layout = gemm_packed_a_layout(slice.count, in_channels);
+  const int64_t a_size = gemm_packed_a_size<T>(slice.count, in_channels);
   constexpr int64_t kRows = 8;
   if (layout.mr != 8) throw std::logic_error("transform_filters: chunks assume 8-row packed strips");
   const int64_t strips = layout.padded_m / layout.mr, i_blocks = (in_channels + kRows - 1) / kRows;
   const int64_t chunks = strips * i_blocks;
-#pragma omp parallel for schedule(static) if (out_channels * in_channels > 4096)
+#pragma omp parallel for schedule(static) if (slice.count * in_channels > 4096)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t o0 = (chunk / i_blocks) * layout.mr, i0 = (chunk % i_blocks) * kRows;
-    transform_filter_chunk<F>(weight, out_channels, in_channels, rotate, o0, i0, layout.mr, U, a_size,
+    transform_filter_chunk<F>(weight, out_channels, in_channels, rotate, slice, o0, i0, layout.mr, U, a_size,
                               layout.at(o0, i0));
   }
 }
-
-// The 36 transformed filter matrices, each packed for the GEMM's A operand.
-template <typename F, typename T>
-struct TransformedFilters {
-  Scratch<T> packed;
-  TransformedFilters(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate)
-      : packed(WorkspaceSlot::Filters, F::kXi * gemm_packed_a_size<T>(out_channels, in_channels)) {
-    transform_filters<F>(weight, out_channels, in_channels, rotate, packed.data());
-  }
-  const T* get() const { return packed.data(); }
-};
 
 // Each tile size as a policy: the edge of a tile and of its patch, G, and the three
 // 1-D transforms applied to rows of n tiles at once. input_rows: y[0..P-1][t] =
@@ -425,79 +465,107 @@ int64_t rows_per_gemm_block(int64_t tile_rows, int64_t tw, int64_t largest, int6
 }
 
 template <typename F, typename T>
-void winograd_conv(const WinogradShape& sh, const T* input, const T* U_packed, const T* bias, T* output) {
+void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, bool rotate, const T* bias,
+                   T* output) {
   constexpr int64_t kTile = F::kTile, kPatch = F::kPatch, kXi = F::kXi;
   const int64_t th = sh.tiles_h(kTile), tw = sh.tiles_w(kTile);
   const int64_t C = sh.C, K = sh.K;
   const int64_t tile_rows = sh.N * th;  // (n, tile row) pairs, processed in blocks
-  // Each block holds whole tile rows, as many as fit in kBlockBytes, but no more
-  // than make the GEMMs' last strips the cheapest (see rows_per_gemm_block).
-  const double bytes_per_tile = double(kXi) * double(C + K) * sizeof(T);
-  const int64_t rows_per_block = rows_per_gemm_block(
-      tile_rows, tw, std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(kBlockBytes / bytes_per_tile) / tw)),
-      gemm_micro_tile_cols<T>());
+  const WinogradBlocking cut =
+      winograd_blocking(kXi, C, K, tile_rows, tw, forward_budget.load(), kForwardFilterShare, sizeof(T));
+  // Whole tile rows per block, but no more than make the GEMMs' last strips the
+  // cheapest (see rows_per_gemm_block).
+  const int64_t rows_per_block = rows_per_gemm_block(tile_rows, tw, cut.rows, gemm_micro_tile_cols<T>());
+  const int64_t blocks = (tile_rows + rows_per_block - 1) / rows_per_block;
   const int64_t max_tiles = rows_per_block * tw;
   // V is written by the input transform straight into the GEMM's packed-B layout,
-  // so the 36 products read it without another copy.
-  const int64_t a_size = gemm_packed_a_size<T>(K, C);
-  // Uninitialized (new T[], not std::vector): every element is written before it is read.
-  Scratch<T> V(WorkspaceSlot::Input, kXi * gemm_packed_b_size<T>(C, max_tiles)),
-      M(WorkspaceSlot::Output, kXi * K * max_tiles);
-  const bool parallel = double(C + K) * double(max_tiles) > 16384.0;
+  // so the products read it without another copy; U likewise in the packed-A one.
+  // Uninitialized: every element is written before it is read.
+  Scratch<T> U(WorkspaceSlot::Filters, kXi * gemm_packed_a_size<T>(cut.slice, C)), V(WorkspaceSlot::Input, kXi * gemm_packed_b_size<T>(C, max_tiles)),
+      M(WorkspaceSlot::Output, kXi * cut.slice * max_tiles);
+  const bool parallel = double(C + cut.slice) * double(max_tiles) > 16384.0;
   const bool prefetch = prefetch_input(sh.N * C * sh.H * sh.W * int64_t(sizeof(T)));
+  // With several slices and several blocks, one of U and V is made more than
+  // once: slices outside repeat the input transform (C x tiles per extra
+  // slice), blocks outside repeat the filter transform (K x C per extra block);
+  // both cost about the same per transformed element.
+  const bool slices_outside = double(cut.slices - 1) * double(C) * double(tile_rows * tw) <=
+                              double(blocks - 1) * double(K) * double(C);
+  const int64_t outer = slices_outside ? cut.slices : blocks, inner = slices_outside ? blocks : cut.slices;
+  int64_t u_slice = -1, v_block = -1;  // what U and V hold now
 
-  for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
-    const int64_t rows = std::min(rows_per_block, tile_rows - row0);
-    const int64_t tiles = rows * tw;
-    const int64_t b_size = gemm_packed_b_size<T>(C, tiles);
-    const int64_t padded_tiles = b_size / C;
-
-    // Input transform, one channel at a time across all tiles of the block, written
-    // straight into the GEMM's packed-B layout.
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      const int64_t s = slices_outside ? o : i, block = slices_outside ? i : o;
+      const ChannelSlice slice{s * cut.slice, std::min(cut.slice, K - s * cut.slice)};
+      const int64_t row0 = block * rows_per_block, rows = std::min(rows_per_block, tile_rows - row0);
+      const int64_t tiles = rows * tw;
+      const int64_t b_size = gemm_packed_b_size<T>(C, tiles);
+      const int64_t padded_tiles = b_size / C;
+      if (s != u_slice) {
+        transform_filters<F>(weight, K, C, rotate, slice, U.data());
+        u_slice = s;
+      }
+      if (block != v_block) {
+        // Input transform, one channel at a time across all tiles of the block,
+        // written straight into the GEMM's packed-B layout.
 #pragma omp parallel if (parallel)
-    {
-      const int64_t scratch = PatchGather<F, T>::scratch_size(tiles);
-      Scratch<T> d(WorkspaceSlot::Patches, scratch), e(WorkspaceSlot::PatchesAux, scratch);
+        {
+          const int64_t scratch = PatchGather<F, T>::scratch_size(tiles);
+          Scratch<T> d(WorkspaceSlot::Patches, scratch), e(WorkspaceSlot::PatchesAux, scratch);
 #pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
-        input_tiles<F>(input + c * sh.H * sh.W, C * sh.H * sh.W, sh.H, sh.W, sh.pad_top, sh.pad_left, row0, rows,
-                       th, tw, d.data(), e.data(), V.data() + row.base, b_size, row.nr, row.strip_stride,
-                       prefetch && c + 1 < C);
-        if (padded_tiles > tiles)  // the padding columns of the last strip must read as zero
-          for (int64_t xi = 0; xi < kXi; ++xi) {
-            T* pad = V.data() + xi * b_size + row.at(tiles);
-            std::fill(pad, pad + (padded_tiles - tiles), T(0));
+          for (int64_t c = 0; c < C; ++c) {
+            const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
+            input_tiles<F>(input + c * sh.H * sh.W, C * sh.H * sh.W, sh.H, sh.W, sh.pad_top, sh.pad_left, row0,
+                           rows, th, tw, d.data(), e.data(), V.data() + row.base, b_size, row.nr, row.strip_stride,
+                           prefetch && c + 1 < C);
+            if (padded_tiles > tiles)  // the padding columns of the last strip must read as zero
+              for (int64_t xi = 0; xi < kXi; ++xi) {
+                T* pad = V.data() + xi * b_size + row.at(tiles);
+                std::fill(pad, pad + (padded_tiles - tiles), T(0));
+              }
           }
+        }
+        v_block = block;
+      }
+
+      // kXi independent products: threads take whole products (the GEMM inside
+      // then runs on the calling thread alone, as nested OpenMP regions do by
+      // default), rather than meeting at the GEMM's barriers several times per
+      // product; each product is computed as on one thread, so results do not
+      // depend on the thread count.
+      const int64_t ks = slice.count, a_stride = gemm_packed_a_size<T>(ks, C);  // as transform_filters wrote U
+#pragma omp parallel for schedule(static) if (parallel)
+      for (int64_t xi = 0; xi < kXi; ++xi)
+        gemm_packed_cpu<T>(ks, tiles, C, U.data() + xi * a_stride, V.data() + xi * b_size, M.data() + xi * ks * tiles,
+                           tiles);
+
+      // Output transform, one filter at a time across all tiles of the block:
+      // (.) A over the six columns, then A^T over the six rows, as vector
+      // operations across tiles; then crop each 4x4 tile into the image and add
+      // the bias.
+#pragma omp parallel if (parallel)
+      {
+        Scratch<T> f(WorkspaceSlot::Patches, kPatch * kTile * tiles),
+            y(WorkspaceSlot::PatchesAux, kTile * kTile * tiles);
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < ks; ++k) {
+          const int64_t kk = slice.begin + k;
+          output_tiles<F>(M.data() + k * tiles, ks * tiles, bias ? bias[kk] : T(0), output + kk * sh.OH * sh.OW,
+                          K * sh.OH * sh.OW, sh.OH, sh.OW, row0, rows, th, tw, f.data(), y.data());
+        }
       }
     }
-
-    // kXi independent products: threads take whole products (the GEMM inside
-    // then runs on the calling thread alone, as nested OpenMP regions do by
-    // default), rather than meeting at the GEMM's barriers several times per
-    // product; each product is computed as on one thread, so results do not
-    // depend on the thread count.
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t xi = 0; xi < kXi; ++xi)
-      gemm_packed_cpu<T>(K, tiles, C, U_packed + xi * a_size, V.data() + xi * b_size, M.data() + xi * K * tiles,
-                         tiles);
-
-    // Output transform, one filter at a time across all tiles of the block:
-    // (.) A over the six columns, then A^T over the six rows, as vector
-    // operations across tiles; then crop each 4x4 tile into the image and add
-    // the bias.
-#pragma omp parallel if (parallel)
-    {
-      Scratch<T> f(WorkspaceSlot::Patches, kPatch * kTile * tiles), y(WorkspaceSlot::PatchesAux, kTile * kTile * tiles);
-#pragma omp for schedule(static)
-      for (int64_t k = 0; k < K; ++k)
-        output_tiles<F>(M.data() + k * tiles, K * tiles, bias ? bias[k] : T(0), output + k * sh.OH * sh.OW,
-                        K * sh.OH * sh.OW, sh.OH, sh.OW, row0, rows, th, tw, f.data(), y.data());
-    }
-  }
 }
 
 }  // namespace
+
+std::pair<double, double> conv2d_winograd_set_budgets(double forward_bytes, double weight_bytes) {
+  const std::pair<double, double> before{forward_budget.load(), weight_budget.load()};
+  if (forward_bytes > 0) forward_budget = forward_bytes;
+  if (weight_bytes > 0) weight_budget = weight_bytes;
+  return before;
+}
 
 bool conv2d_winograd_applies(const Conv2dParams& p) {
   return p.R == 3 && p.S == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 && p.dilation_w == 1 &&
@@ -510,11 +578,9 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
   if (p.N == 0) return;
   const WinogradShape sh{p.N, p.C, p.H, p.W, p.K, p.out_h(), p.out_w(), p.pad_top, p.pad_left};
   if (tile == 4)
-    winograd_conv<WinogradF4>(sh, input, TransformedFilters<WinogradF4, T>(weight, p.K, p.C, false).get(), bias,
-                              output);
+    winograd_conv<WinogradF4>(sh, input, weight, false, bias, output);
   else
-    winograd_conv<WinogradF2>(sh, input, TransformedFilters<WinogradF2, T>(weight, p.K, p.C, false).get(), bias,
-                              output);
+    winograd_conv<WinogradF2>(sh, input, weight, false, bias, output);
 }
 
 // grad_input[c, h, w] = sum_{k, r, s} grad_output[k, h + pad_top - r, w + pad_left - s] * weight[k, c, r, s]
@@ -528,11 +594,9 @@ void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_outp
   const WinogradShape sh{p.N, p.K, p.out_h(), p.out_w(), p.C, p.H, p.W, 2 - p.pad_top, 2 - p.pad_left};
   const T* no_bias = nullptr;
   if (tile == 4)
-    winograd_conv<WinogradF4>(sh, grad_output, TransformedFilters<WinogradF4, T>(weight, p.C, p.K, true).get(),
-                              no_bias, grad_input);
+    winograd_conv<WinogradF4>(sh, grad_output, weight, true, no_bias, grad_input);
   else
-    winograd_conv<WinogradF2>(sh, grad_output, TransformedFilters<WinogradF2, T>(weight, p.C, p.K, true).get(),
-                              no_bias, grad_input);
+    winograd_conv<WinogradF2>(sh, grad_output, weight, true, no_bias, grad_input);
 }
 
 namespace {
@@ -653,48 +717,60 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
   }
   const int64_t th = (OH + kTile - 1) / kTile, tw = (OW + kTile - 1) / kTile;
   const int64_t tile_rows = p.N * th;
-  const double bytes_per_tile = double(kXi) * double(C + K) * sizeof(T);
-  const int64_t rows_per_block = rows_per_vector_block(
-      tile_rows, tw, std::max<int64_t>(1, std::min<int64_t>(tile_rows, int64_t(kBlockBytes / bytes_per_tile) / tw)));
+  const WinogradBlocking cut =
+      winograd_blocking(kXi, C, K, tile_rows, tw, weight_budget.load(), kWeightFilterShare, sizeof(T));
+  const int64_t rows_per_block = rows_per_vector_block(tile_rows, tw, cut.rows);
   const int64_t max_tiles = rows_per_block * tw;
-  Scratch<T> X(WorkspaceSlot::Input, kXi * C * max_tiles), Y(WorkspaceSlot::Output, kXi * K * max_tiles),
-      P(WorkspaceSlot::Aux, kXi * K * C);
+  Scratch<T> X(WorkspaceSlot::Input, kXi * C * max_tiles), Y(WorkspaceSlot::Output, kXi * cut.slice * max_tiles),
+      P(WorkspaceSlot::Aux, kXi * cut.slice * C);
   const bool prefetch = prefetch_input(p.N * C * p.H * p.W * int64_t(sizeof(T)));
-  const bool parallel = double(C + K) * double(max_tiles) > 16384.0;
+  const bool parallel = double(C + cut.slice) * double(max_tiles) > 16384.0;
+  int64_t x_block = -1;  // the block X holds now (with one block, made once for all slices)
 
-  for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
-    const int64_t rows = std::min(rows_per_block, tile_rows - row0);
-    const int64_t tiles = rows * tw;
+  // Slices outside: P accumulates a slice's products over every block.
+  for (int64_t s = 0; s < cut.slices; ++s) {
+    const ChannelSlice slice{s * cut.slice, std::min(cut.slice, K - s * cut.slice)};
+    const int64_t ks = slice.count;
+    for (int64_t row0 = 0; row0 < tile_rows; row0 += rows_per_block) {
+      const int64_t rows = std::min(rows_per_block, tile_rows - row0);
+      const int64_t tiles = rows * tw;
+      const bool make_x = row0 != x_block;
+      x_block = row0;
 #pragma omp parallel if (parallel)
-    {
-      const int64_t scratch = PatchGather<F, T>::scratch_size(tiles);
-      Scratch<T> d(WorkspaceSlot::Patches, scratch), e(WorkspaceSlot::PatchesAux, scratch);
-      // Input patches: X[xi][c][t] = (B^T x B)[xi], the forward's input transform.
+      {
+        const int64_t scratch = PatchGather<F, T>::scratch_size(tiles);
+        Scratch<T> d(WorkspaceSlot::Patches, scratch), e(WorkspaceSlot::PatchesAux, scratch);
+        // Input patches: X[xi][c][t] = (B^T x B)[xi], the forward's input transform.
+        if (make_x) {
 #pragma omp for schedule(static) nowait
-      for (int64_t c = 0; c < C; ++c) {
-        input_tiles<F>(input + c * p.H * p.W, C * p.H * p.W, p.H, p.W, p.pad_top, p.pad_left, row0, rows, th, tw,
-                       d.data(), e.data(), X.data() + c * tiles, C * tiles, tiles, 0, prefetch && c + 1 < C);
-      }
-      // Output-gradient tiles: Y[xi][k][t] = (A y A^T)[xi].
+          for (int64_t c = 0; c < C; ++c) {
+            input_tiles<F>(input + c * p.H * p.W, C * p.H * p.W, p.H, p.W, p.pad_top, p.pad_left, row0, rows, th,
+                           tw, d.data(), e.data(), X.data() + c * tiles, C * tiles, tiles, 0, prefetch && c + 1 < C);
+          }
+        }
+        // Output-gradient tiles of the slice: Y[xi][k][t] = (A y A^T)[xi].
 #pragma omp for schedule(static)
-      for (int64_t k = 0; k < K; ++k)
-        grad_output_tiles<F>(grad_output + k * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw, d.data(), e.data(),
-                             Y.data() + k * tiles, K * tiles);
-    }
-    // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
-    // Threads take whole products, as in the forward.
+        for (int64_t k = 0; k < ks; ++k)
+          grad_output_tiles<F>(grad_output + (slice.begin + k) * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw,
+                               d.data(), e.data(), Y.data() + k * tiles, ks * tiles);
+      }
+      // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
+      // Threads take whole products, as in the forward.
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t xi = 0; xi < kXi; ++xi)
-      gemm_cpu<T>(false, true, K, C, tiles, Y.data() + xi * K * tiles, tiles, X.data() + xi * C * tiles, tiles,
-                  row0 == 0 ? T(0) : T(1), P.data() + xi * K * C, C);
-  }
+      for (int64_t xi = 0; xi < kXi; ++xi)
+        gemm_cpu<T>(false, true, ks, C, tiles, Y.data() + xi * ks * tiles, tiles, X.data() + xi * C * tiles, tiles,
+                    row0 == 0 ? T(0) : T(1), P.data() + xi * ks * C, C);
+    }
 
-  // dW[k][c] = G^T P[.][k][c] G, for chunks of filters at a time (see weights_from_products)
-  const int64_t filters = K * C, chunks = (filters + kWeightChunk - 1) / kWeightChunk;
+    // dW[k][c] = G^T P[.][k][c] G, for chunks of the slice's filters at a time
+    // (see weights_from_products)
+    const int64_t filters = ks * C, chunks = (filters + kWeightChunk - 1) / kWeightChunk;
 #pragma omp parallel for schedule(static) if (filters > 4096)
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const int64_t kc0 = chunk * kWeightChunk;
-    weights_from_products<F>(P.data(), filters, kc0, std::min(kWeightChunk, filters - kc0), grad_weight);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t kc0 = chunk * kWeightChunk;
+      weights_from_products<F>(P.data(), filters, kc0, std::min(kWeightChunk, filters - kc0),
+                               grad_weight + slice.begin * C * 9);
+    }
   }
 }
 
