@@ -83,7 +83,7 @@ struct WinogradBlocking {
   int64_t slice, slices, rows;
 };
 
-// The budgets, measured on one core (Zen 4) against a single unbounded block,
+// The budgets, measured on one core (Zen 5) against a single unbounded block,
 // times interleaved: budget / filter share.
 // - Forward and backward-data, 8 MiB / 0.3: the same speed on 192 and 256
 //   channels at 19x19 (0.98-1.04x), 1.26x faster on 64 channels at 56x56 and
@@ -439,10 +439,6 @@ struct WinogradShape {
   int64_t tiles_w(int64_t tile) const { return (OW + tile - 1) / tile; }
 };
 
-// out[n, k, oh, ow] = sum_{c, r, s} in[n, c, oh - pad_top + r, ow - pad_left + s] * g_kc[r][s]
-// (+ bias[k]), zero outside the input, with U the transformed filters.
-// U_packed: the kXi transformed filter matrices (K x C each), packed for the GEMM,
-// gemm_packed_a_size(K, C) apart.
 // The tiles of a block are the N of its GEMMs, which run in strips of `strip`
 // columns (48 floats); a last strip of 1 or 2 vectors still pays for 8
 // broadcasts per step, so it costs about 32 or 40 columns' time against 48 for a
@@ -464,6 +460,11 @@ int64_t rows_per_gemm_block(int64_t tile_rows, int64_t tw, int64_t largest, int6
   return best;
 }
 
+// out[n, k, oh, ow] = sum_{c, r, s} in[n, c, oh - pad_top + r, ow - pad_left + s] * g_kc[r][s]
+// (+ bias[k]), zero outside the input, with g_kc the filter from input channel c
+// to output channel k in `weight` (read rotated for backward-data, see
+// transform_filters). U, the kXi transformed filter matrices packed for the
+// GEMM, is made for one slice of output channels at a time.
 template <typename F, typename T>
 void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, bool rotate, const T* bias,
                    T* output) {
