@@ -178,8 +178,9 @@ def test_row_records_algorithm_and_peak_fraction():
 
 # ---- targets --------------------------------------------------------------------------
 
-def _row(name, kind, speedup, threads=1, status="ok", peak_pct=None):
-    return Row(name, kind, "", threads, status=status, speedup=speedup, convx_peak_pct=peak_pct)
+def _row(name, kind, speedup, threads=1, status="ok", peak_pct=None, mem=(None, None)):
+    return Row(name, kind, "", threads, status=status, speedup=speedup, convx_peak_pct=peak_pct,
+               convx_mem_mb=mem[0], torch_mem_mb=mem[1])
 
 
 def test_targets():
@@ -204,10 +205,24 @@ def test_targets():
     assert "gemm 2048^3 vs torch.mm 79%" in gemm.detail
     no_peak = evaluate_targets([_row("gemm 1024^3 vs torch.mm", "gemm", 2.0)])
     assert [t.status for t in no_peak if t.unit == "%"] == ["n/a"]
+    assert targets["peak memory no higher than torch's"].status == "n/a"  # no row measured memory
 
     rows.append(_row("conv c bwd_data", "conv", None, status="FAILED"))
     failed = [t for t in evaluate_targets(rows) if t.name.startswith("conv rows")]
     assert all(isinstance(t, Target) and t.status == "MISS" and "FAILED" in t.detail for t in failed)
+
+
+def test_memory_target_counts_the_rows_over_torch():
+    rows = [_row("conv a fwd", "conv", 1.0, mem=(2.0, 3.0)), _row("conv b fwd", "conv", 1.0, mem=(5.0, 5.0)),
+            _row("model m", "model", 1.0, mem=(12.5, 10.0)), _row("conv c fwd", "conv", 1.0, mem=(4.0, 3.5)),
+            _row("conv a fwd", "conv", 1.0, threads=2, mem=(99.0, 1.0))]  # other thread counts do not count
+    memory = evaluate_targets(rows)[-1]
+    assert memory.name.startswith("peak memory no higher than torch's") and memory.goal_text == "100% of rows"
+    assert memory.value == 50.0 and memory.status == "MISS" and memory.format(memory.value) == "50% of rows"
+    assert "2 of 4 row(s) at or under torch; total 24 vs 22 MB" in memory.detail
+    assert "most over: model m 12.5 vs 10.0 MB" in memory.detail
+    at_most = evaluate_targets([_row("conv a fwd", "conv", 1.0, mem=(3.0, 3.0)), rows[0]])[-1]
+    assert at_most.value == 100.0 and at_most.status == "PASS"  # equal is not over
 
 
 def test_parse_threads():
@@ -240,7 +255,7 @@ def test_cli_writes_table_and_files(tmp_path, capsys):
     assert doc["machine"]["command"] == ("convx bench --quick --threads 1 --filter 'lenet1 fwd' "
                                          "--filter 'lenet2 fwd' --budget 0.05")
     assert float(doc["fp32_peak_flops"]["1"]) > 0
-    assert len(doc["rows"]) == 2 and len(doc["targets"]) == 7
+    assert len(doc["rows"]) == 2 and len(doc["targets"]) == 8
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| conv lenet1 fwd |" in (out / "results.md").read_text()
 

@@ -91,10 +91,11 @@ class Target:
     value: Optional[float]      # measured (None: no rows ran for it)
     status: str                 # "PASS", "MISS" or "n/a"
     detail: str = ""
-    unit: str = "x"             # "x": speed vs torch; "%": convx's share of the measured FP32 peak
+    unit: str = "x"             # "x": speed vs torch; "%": convx's share of the measured FP32 peak;
+    #                             "% of rows": the share of rows that meet a per-row goal
 
     def format(self, value: float) -> str:
-        return f"{value:.2f}x" if self.unit == "x" else f"{value:.0f}%"
+        return f"{value:.2f}x" if self.unit == "x" else f"{value:.0f}{self.unit}"
 
     @property
     def goal_text(self) -> str:
@@ -131,6 +132,28 @@ def _target(name: str, goal: float, rows: List[Row], combine: Callable[[List[flo
     return target
 
 
+def _memory_target(name: str, rows: List[Row]) -> Target:
+    """Peak memory no higher than torch's, row by row: the share of rows where the
+    rise in resident memory during convx's call is at or under torch's (the goal:
+    every row), with the totals and the row furthest over."""
+    target = Target(name, 100.0, None, "n/a", "no rows in this run", "% of rows")
+    if not rows:
+        return target
+    measured = [r for r in rows if r.status == "ok" and r.convx_mem_mb is not None and r.torch_mem_mb is not None]
+    if not measured:
+        target.detail = "no memory measured for these rows"
+        return target
+    over = [r for r in measured if r.convx_mem_mb > r.torch_mem_mb]
+    target.value = 100.0 * (len(measured) - len(over)) / len(measured)
+    target.status = "PASS" if not over else "MISS"
+    target.detail = (f"{len(measured) - len(over)} of {len(measured)} row(s) at or under torch; total "
+                     f"{sum(r.convx_mem_mb for r in measured):.0f} vs {sum(r.torch_mem_mb for r in measured):.0f} MB")
+    if over:
+        worst = max(over, key=lambda r: r.convx_mem_mb - r.torch_mem_mb)
+        target.detail += f"; most over: {worst.name} {worst.convx_mem_mb:.1f} vs {worst.torch_mem_mb:.1f} MB"
+    return target
+
+
 def reference_threads(rows: Sequence[Row]) -> Optional[int]:
     """The thread count the targets are judged at: 1 when measured, else the fewest."""
     counts = sorted({r.threads for r in rows})
@@ -157,6 +180,7 @@ def evaluate_targets(rows: Sequence[Row]) -> List[Target]:
         _target("max-pool fwd+bwd vs torch NCHW" + suffix, 5.0, pool_nchw, min, "min"),
         _target("max-pool fwd+bwd vs torch channels_last" + suffix, 1.0, pool_cl, min, "min"),
         _target("GEMM on large square matrices, % of FP32 peak" + suffix, 80.0, gemm, min, "min", unit="%"),
+        _memory_target("peak memory no higher than torch's" + suffix, at),
     ]
 
 
