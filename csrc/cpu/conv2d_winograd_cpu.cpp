@@ -76,9 +76,10 @@ struct ChannelSlice {
 // How a layer is cut to bound its workspace: output channels in slices of
 // `slice` (`slices` of them), tiles in blocks of up to `rows` tile rows. The
 // workspace (the slice's kXi filter matrices, and the block's transformed tiles
-// and products) stays within a fixed budget, whatever the layer's size: before,
-// the filter matrices were made for all K x C filters at once (9.4 MB on 256
-// channels, 38 MB on 512), beside 8 MB of tiles.
+// and products) stays within a fixed budget whatever the layer's size, past it
+// only where a slice of 8 filters or a block of one tile row alone would be.
+// Before, the filter matrices were made for all K x C filters at once (9.4 MB on
+// 256 channels, 38 MB on 512), beside 8 MB of tiles.
 struct WinogradBlocking {
   int64_t slice, slices, rows;
 };
