@@ -483,7 +483,8 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, boo
   // V is written by the input transform straight into the GEMM's packed-B layout,
   // so the products read it without another copy; U likewise in the packed-A one.
   // Uninitialized: every element is written before it is read.
-  Scratch<T> U(WorkspaceSlot::Filters, kXi * gemm_packed_a_size<T>(cut.slice, C)), V(WorkspaceSlot::Input, kXi * gemm_packed_b_size<T>(C, max_tiles)),
+  Scratch<T> U(WorkspaceSlot::Filters, kXi * gemm_packed_a_size<T>(cut.slice, C)),
+      V(WorkspaceSlot::Input, kXi * gemm_packed_b_size<T>(C, max_tiles)),
       M(WorkspaceSlot::Output, kXi * cut.slice * max_tiles);
   const bool parallel = double(C + cut.slice) * double(max_tiles) > 16384.0;
   const bool prefetch = prefetch_input(sh.N * C * sh.H * sh.W * int64_t(sizeof(T)));
