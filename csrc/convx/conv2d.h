@@ -57,9 +57,9 @@ template <typename T>
 void conv2d_backward_weight_direct_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                        T* grad_weight);
 
-// ---- Winograd F(tile x tile, 3x3), tile 4 or 2: 3x3 filters, stride 1, dilation 1,
-// one group -------------------------------------------------------------------------
-bool conv2d_winograd_applies(const Conv2dParams& p);
+// ---- Winograd F(tile x tile, r x r): F(4x4, 3x3), F(2x2, 3x3) and F(2x2, 5x5);
+// stride 1, dilation 1, one group ---------------------------------------------------
+bool conv2d_winograd_applies(const Conv2dParams& p, int64_t tile);
 template <typename T>
 void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
                                  T* output, int64_t tile);

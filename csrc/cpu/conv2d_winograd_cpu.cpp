@@ -1,11 +1,13 @@
 // conv2d by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016), for
-// 3x3 filters with stride 1, dilation 1 and one group: forward; backward-data,
-// which for such a layer is itself a 3x3 stride-1 convolution (of the output
-// gradient, with the filters rotated by 180 degrees and in/out channels swapped);
-// and the weight gradient by the transposed algorithm (at the end of the file).
+// 3x3 filters with stride 1, dilation 1 and one group, and F(2x2, 5x5) for 5x5
+// ones (see WinogradF2R5): forward; backward-data, which for such a layer is
+// itself a stride-1 convolution (of the output gradient, with the filters rotated
+// by 180 degrees and in/out channels swapped); and the weight gradient by the
+// transposed algorithm (at the end of the file).
 //
 // The output is cut into m x m tiles; each reads an (m+2) x (m+2) input patch d
-// (tiles overlap by 2). With the transforms below, one tile of one filter is
+// (tiles overlap by 2; by r - 1 for an r x r filter). With the transforms below,
+// one tile of one filter is
 //     Y = A^T [ (G g G^T) .* (B^T d B) ] A,
 // so (m+2)^2 element-wise products replace 9 m^2 multiply-adds. Summing over input
 // channels turns the element-wise product into (m+2)^2 independent matrix
@@ -132,32 +134,38 @@ template <typename F, typename T>
 CONVX_SIMD_CLONES void transform_filter_chunk(const T* weight, int64_t out_channels, int64_t in_channels, bool rotate,
                                               const ChannelSlice& slice, int64_t o0, int64_t i0, int64_t mr, T* U,
                                               int64_t a_size, int64_t at) {
-  constexpr int64_t P = F::kPatch, kChunk = 64, kRows = 8;
-  T G[P][3];
+  constexpr int64_t P = F::kPatch, R = F::kR, kChunk = 64, kRows = 8;
+  T G[P][R];
   for (int64_t a = 0; a < P; ++a)
-    for (int s = 0; s < 3; ++s) G[a][s] = T(F::G[a][s]);
+    for (int64_t s = 0; s < R; ++s) G[a][s] = T(F::G[a][s]);
   // Lane e holds o = slice.begin + o0 + e % mr, i = i0 + e / mr; lanes with o past
   // the slice hold zero, which the padding rows need.
   const int64_t count = std::min(kRows, in_channels - i0) * mr;
-  T g[3][3][kChunk] = {};
+  T g[R][R][kChunk] = {};
   for (int64_t e = 0; e < count; ++e) {
     if (o0 + e % mr >= slice.count) continue;
     const int64_t o = slice.begin + o0 + e % mr, i = i0 + e / mr;
-    for (int r = 0; r < 3; ++r)
-      for (int s = 0; s < 3; ++s)
-        g[r][s][e] = rotate ? weight[((i * out_channels + o) * 3 + 2 - r) * 3 + 2 - s]
-                            : weight[((o * in_channels + i) * 3 + r) * 3 + s];
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < R; ++s)
+        g[r][s][e] = rotate ? weight[((i * out_channels + o) * R + R - 1 - r) * R + R - 1 - s]
+                            : weight[((o * in_channels + i) * R + r) * R + s];
   }
-  T Gg[P][3][kChunk];  // G g
+  T Gg[P][R][kChunk];  // G g
   for (int64_t a = 0; a < P; ++a)
-    for (int s = 0; s < 3; ++s)
-      for (int64_t e = 0; e < kChunk; ++e)
-        Gg[a][s][e] = G[a][0] * g[0][s][e] + G[a][1] * g[1][s][e] + G[a][2] * g[2][s][e];
+    for (int64_t s = 0; s < R; ++s)
+      for (int64_t e = 0; e < kChunk; ++e) {
+        T acc = G[a][0] * g[0][s][e];
+        for (int64_t r = 1; r < R; ++r) acc += G[a][r] * g[r][s][e];
+        Gg[a][s][e] = acc;
+      }
   for (int64_t a = 0; a < P; ++a)
     for (int64_t b = 0; b < P; ++b) {
       T* dst = U + (a * P + b) * a_size + at;  // (G g) G^T
-      for (int64_t e = 0; e < count; ++e)
-        dst[e] = Gg[a][0][e] * G[b][0] + Gg[a][1][e] * G[b][1] + Gg[a][2][e] * G[b][2];
+      for (int64_t e = 0; e < count; ++e) {
+        T acc = Gg[a][0][e] * G[b][0];
+        for (int64_t s = 1; s < R; ++s) acc += Gg[a][s][e] * G[b][s];
+        dst[e] = acc;
+      }
     }
 }
 
@@ -165,7 +173,7 @@ CONVX_SIMD_CLONES void transform_filter_chunk(const T* weight, int64_t out_chann
 // apart) holding (G g G^T)[xi] for the filter g from input channel i to output
 // channel o of the slice, written straight into the packed layout. `rotate` reads
 // the filter of the backward-data convolution from the forward weight: g[r][s] =
-// weight[i][o][2 - r][2 - s]. Filters go in chunks of 8 output channels (one MR
+// weight[i][o][R - 1 - r][R - 1 - s]. Filters go in chunks of 8 output channels (one MR
 // strip of the packed layout) x 8 input channels, laid out lane by lane
 // (g[r][s][e]), so every step is a vector operation across 64 filters and each
 // chunk is one contiguous run per xi in the packed layout.
@@ -186,7 +194,7 @@ void transform_filters(const T* weight, int64_t out_channels, int64_t in_channel
   }
 }
 
-// Each tile size as a policy: the edge of a tile and of its patch, G, and the three
+// Each algorithm as a policy: the edge of a tile, of the filter and of the patch, G, and the three
 // 1-D transforms applied to rows of n tiles at once. input_rows: y[0..P-1][t] =
 // B^T x[0..P-1][t]; output_rows: y[0..m-1][t] = A^T x[0..P-1][t]; grad_rows (the
 // weight gradient's): y[0..P-1][t] = A x[0..m-1][t]; for t in [0, n),
@@ -196,7 +204,7 @@ void transform_filters(const T* weight, int64_t out_channels, int64_t in_channel
 // its forward, 15% of its weight gradient, on 192 channels at batch 16) and the
 // others ran behind run-time overlap tests.
 struct WinogradF4 {
-  static constexpr int64_t kTile = 4, kPatch = 6, kXi = 36;
+  static constexpr int64_t kTile = 4, kR = 3, kPatch = 6, kXi = 36;
   static constexpr double G[6][3] = {{1, 0, 0},
                                      {-128.0 / 175, -96.0 / 175, -72.0 / 175},
                                      {-128.0 / 175, 96.0 / 175, -72.0 / 175},
@@ -252,7 +260,7 @@ struct WinogradF4 {
 };
 
 struct WinogradF2 {
-  static constexpr int64_t kTile = 2, kPatch = 4, kXi = 16;
+  static constexpr int64_t kTile = 2, kR = 3, kPatch = 4, kXi = 16;
   static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
   template <typename T>
   static void input_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
@@ -283,6 +291,58 @@ struct WinogradF2 {
       y[ys + t] = x0 + x1;
       y[2 * ys + t] = x0 - x1;
       y[3 * ys + t] = -x1;
+    }
+  }
+};
+
+// F(2x2, 5x5): the same six points as F(4x4, 3x3), so the same B^T (input
+// transform); 36 products for 4 outputs of a 5x5 filter, 2.8x fewer multiplies
+// than direct. A^T is the first two rows of the points' Vandermonde matrix (the
+// point at infinity in the last output), and G the unique 6 x 5 matrix that
+// makes A^T [(G g) .* (B^T d)] the correlation of d with g, solved for these
+// A^T and B^T; its entries stay within 1 in magnitude:
+//   A^T = [ 1   1     1     1     1    0 ]
+//         [ 0  3/4  -3/4   4/3  -4/3   1 ]
+//   G   = [    1        0        0       0        0     ]
+//         [ -128/175 -96/175  -72/175 -54/175  -81/350 ]
+//         [ -128/175  96/175  -72/175  54/175  -81/350 ]
+//         [   81/350  54/175   72/175  96/175  128/175 ]
+//         [   81/350 -54/175   72/175 -96/175  128/175 ]
+//         [    0        0        0       0        1     ]
+struct WinogradF2R5 {
+  static constexpr int64_t kTile = 2, kR = 5, kPatch = 6, kXi = 36;
+  static constexpr double G[6][5] = {{1, 0, 0, 0, 0},
+                                     {-128.0 / 175, -96.0 / 175, -72.0 / 175, -54.0 / 175, -81.0 / 350},
+                                     {-128.0 / 175, 96.0 / 175, -72.0 / 175, 54.0 / 175, -81.0 / 350},
+                                     {81.0 / 350, 54.0 / 175, 72.0 / 175, 96.0 / 175, 128.0 / 175},
+                                     {81.0 / 350, -54.0 / 175, 72.0 / 175, -96.0 / 175, 128.0 / 175},
+                                     {0, 0, 0, 0, 1}};
+  template <typename T>
+  static void input_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+    WinogradF4::input_rows(x, xs, y, ys, n);
+  }
+  template <typename T>
+  static void output_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t], x2 = x[2 * xs + t], x3 = x[3 * xs + t], x4 = x[4 * xs + t],
+              x5 = x[5 * xs + t];
+      y[t] = x0 + (x1 + x2) + (x3 + x4);
+      y[ys + t] = T(3.0 / 4) * (x1 - x2) + T(4.0 / 3) * (x3 - x4) + x5;
+    }
+  }
+  // y[0..5][t] = A x[0..1][t]: the two coefficients evaluated at each point.
+  template <typename T>
+  static void grad_rows(const T* __restrict x, int64_t xs, T* __restrict y, int64_t ys, int64_t n) {
+#pragma GCC ivdep
+    for (int64_t t = 0; t < n; ++t) {
+      const T x0 = x[t], x1 = x[xs + t];
+      y[t] = x0;
+      y[ys + t] = x0 + T(3.0 / 4) * x1;
+      y[2 * ys + t] = x0 - T(3.0 / 4) * x1;
+      y[3 * ys + t] = x0 + T(4.0 / 3) * x1;
+      y[4 * ys + t] = x0 - T(4.0 / 3) * x1;
+      y[5 * ys + t] = x1;
     }
   }
 };
@@ -570,9 +630,9 @@ std::pair<double, double> conv2d_winograd_set_budgets(double forward_bytes, doub
   return before;
 }
 
-bool conv2d_winograd_applies(const Conv2dParams& p) {
-  return p.R == 3 && p.S == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 && p.dilation_w == 1 &&
-         p.groups == 1;
+bool conv2d_winograd_applies(const Conv2dParams& p, int64_t tile) {
+  const bool kernel = p.R == p.S && (p.R == 3 || (tile == 2 && p.R == 5));
+  return kernel && p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 && p.dilation_w == 1 && p.groups == 1;
 }
 
 template <typename T>
@@ -582,22 +642,28 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
   const WinogradShape sh{p.N, p.C, p.H, p.W, p.K, p.out_h(), p.out_w(), p.pad_top, p.pad_left};
   if (tile == 4)
     winograd_conv<WinogradF4>(sh, input, weight, false, bias, output);
+  else if (p.R == 5)
+    winograd_conv<WinogradF2R5>(sh, input, weight, false, bias, output);
   else
     winograd_conv<WinogradF2>(sh, input, weight, false, bias, output);
 }
 
 // grad_input[c, h, w] = sum_{k, r, s} grad_output[k, h + pad_top - r, w + pad_left - s] * weight[k, c, r, s]
-// With r' = 2 - r this is a forward 3x3 convolution of grad_output whose rows are
-// read from h - (2 - pad_top) + r': the same kernel with pad_top' = 2 - pad_top
-// (negative when pad_top > 2, which the tile loader handles), output size H x W.
+// With r' = R - 1 - r this is a forward R x R convolution of grad_output whose rows
+// are read from h - (R - 1 - pad_top) + r': the same kernel with pad_top' =
+// R - 1 - pad_top (negative when pad_top > R - 1, which the tile loader handles),
+// output size H x W.
 template <typename T>
 void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
                                        T* grad_input, int64_t tile) {
   if (p.N == 0) return;
-  const WinogradShape sh{p.N, p.K, p.out_h(), p.out_w(), p.C, p.H, p.W, 2 - p.pad_top, 2 - p.pad_left};
+  const WinogradShape sh{p.N, p.K, p.out_h(), p.out_w(), p.C,
+                         p.H, p.W, p.R - 1 - p.pad_top, p.S - 1 - p.pad_left};
   const T* no_bias = nullptr;
   if (tile == 4)
     winograd_conv<WinogradF4>(sh, grad_output, weight, true, no_bias, grad_input);
+  else if (p.R == 5)
+    winograd_conv<WinogradF2R5>(sh, grad_output, weight, true, no_bias, grad_input);
   else
     winograd_conv<WinogradF2>(sh, grad_output, weight, true, no_bias, grad_input);
 }
@@ -655,10 +721,10 @@ constexpr int64_t kWeightChunk = 64;
 // was a fifth of F(3x3, 4x4)'s time on 192 channels.
 template <typename F, typename T>
 CONVX_SIMD_CLONES void weights_from_products(const T* P, int64_t filters, int64_t kc0, int64_t n, T* grad_weight) {
-  constexpr int64_t kPatch = F::kPatch;
-  T q[kPatch][3][kWeightChunk];  // P G
+  constexpr int64_t kPatch = F::kPatch, R = F::kR;
+  T q[kPatch][R][kWeightChunk];  // P G
   for (int64_t u = 0; u < kPatch; ++u)
-    for (int s = 0; s < 3; ++s) {
+    for (int64_t s = 0; s < R; ++s) {
       T* __restrict acc = q[u][s];
       std::fill(acc, acc + n, T(0));
       for (int64_t v = 0; v < kPatch; ++v) {
@@ -668,10 +734,10 @@ CONVX_SIMD_CLONES void weights_from_products(const T* P, int64_t filters, int64_
         for (int64_t e = 0; e < n; ++e) acc[e] += product[e] * g;
       }
     }
-  T w[9][kWeightChunk];  // G^T (P G)
-  for (int r = 0; r < 3; ++r)
-    for (int s = 0; s < 3; ++s) {
-      T* __restrict acc = w[r * 3 + s];
+  T w[R * R][kWeightChunk];  // G^T (P G)
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < R; ++s) {
+      T* __restrict acc = w[r * R + s];
       std::fill(acc, acc + n, T(0));
       for (int64_t u = 0; u < kPatch; ++u) {
         const T g = T(F::G[u][r]);
@@ -680,7 +746,7 @@ CONVX_SIMD_CLONES void weights_from_products(const T* P, int64_t filters, int64_
       }
     }
   for (int64_t e = 0; e < n; ++e)
-    for (int j = 0; j < 9; ++j) grad_weight[(kc0 + e) * 9 + j] = w[j][e];
+    for (int64_t j = 0; j < R * R; ++j) grad_weight[(kc0 + e) * R * R + j] = w[j][e];
 }
 
 // The weight gradient's transforms run across the tiles of a block, 16 floats a
@@ -696,7 +762,7 @@ int64_t rows_per_vector_block(int64_t tile_rows, int64_t tw, int64_t largest) {
   return largest;
 }
 
-// ---- backward-weight: F(3x3, 2x2) and F(3x3, 4x4) ---------------------------------
+// ---- backward-weight: F(3x3, 2x2), F(3x3, 4x4) and F(5x5, 2x2) ---------------------
 // grad_weight[k, c, r, s] = sum_{n, oh, ow} grad_output[n, k, oh, ow] * input[n, c, oh - pad_top + r, ow - pad_left + s].
 // Cut grad_output into 2x2 tiles y; each meets a 4x4 input patch x (the same
 // patches as the forward F(2x2) tiles), and its contribution to the 3x3 gradient
@@ -709,13 +775,14 @@ int64_t rows_per_vector_block(int64_t tile_rows, int64_t tw, int64_t largest) {
 // 36 multiply-adds per tile and filter tap pair: 2.25x fewer multiplies, with
 // F(2x2)'s small transform entries (0, +-1, 1/2), so about a GEMM's accuracy.
 // F(3x3, 4x4), the transpose of F(4x4, 3x3), is the same with 4x4 tiles and 6x6
-// patches: 36 products per 16 outputs, 4x fewer multiplies.
+// patches: 36 products per 16 outputs, 4x fewer multiplies; and F(5x5, 2x2), the
+// transpose of F(2x2, 5x5), with 2x2 tiles, 6x6 patches and a 5x5 gradient.
 template <typename F, typename T>
 void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const T* input, T* grad_weight) {
   constexpr int64_t kTile = F::kTile, kXi = F::kXi;
   const int64_t C = p.C, K = p.K, OH = p.out_h(), OW = p.out_w();
   if (p.N == 0) {
-    std::fill(grad_weight, grad_weight + K * C * 9, T(0));
+    std::fill(grad_weight, grad_weight + K * C * F::kR * F::kR, T(0));
     return;
   }
   const int64_t th = (OH + kTile - 1) / kTile, tw = (OW + kTile - 1) / kTile;
@@ -772,7 +839,7 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t kc0 = chunk * kWeightChunk;
       weights_from_products<F>(P.data(), filters, kc0, std::min(kWeightChunk, filters - kc0),
-                               grad_weight + slice.begin * C * 9);
+                               grad_weight + slice.begin * C * F::kR * F::kR);
     }
   }
 }
@@ -784,6 +851,8 @@ void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_ou
                                          int64_t tile) {
   if (tile == 4)
     winograd_backward_weight<WinogradF4>(p, grad_output, input, grad_weight);
+  else if (p.R == 5)
+    winograd_backward_weight<WinogradF2R5>(p, grad_output, input, grad_weight);
   else
     winograd_backward_weight<WinogradF2>(p, grad_output, input, grad_weight);
 }
