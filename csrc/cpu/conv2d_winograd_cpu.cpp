@@ -347,6 +347,19 @@ struct WinogradF2R5 {
   }
 };
 
+// Calls run(F{}) with the policy for `tile` (4 or 2) and r x r filters (r = 3,
+// or 5 with tile 2, as conv2d_winograd_applies checks): the one place where the
+// three directions pick their algorithm.
+template <typename Run>
+void with_winograd_policy(int64_t tile, int64_t r, Run run) {
+  if (tile == 4)
+    run(WinogradF4{});
+  else if (r == 5)
+    run(WinogradF2R5{});
+  else
+    run(WinogradF2{});
+}
+
 // The patch gather of input_tiles with whole-vector shuffles. Column v of tiles
 // j0 .. j0 + kChunk - 1 of a zero-padded patch row is padded[(j0 + l) * kTile + v]
 // for lane l: every lane lies within the two vectors from padded + j0 * kTile, so
@@ -640,12 +653,9 @@ void conv2d_forward_winograd_cpu(const Conv2dParams& p, const T* input, const T*
                                  T* output, int64_t tile) {
   if (p.N == 0) return;
   const WinogradShape sh{p.N, p.C, p.H, p.W, p.K, p.out_h(), p.out_w(), p.pad_top, p.pad_left};
-  if (tile == 4)
-    winograd_conv<WinogradF4>(sh, input, weight, false, bias, output);
-  else if (p.R == 5)
-    winograd_conv<WinogradF2R5>(sh, input, weight, false, bias, output);
-  else
-    winograd_conv<WinogradF2>(sh, input, weight, false, bias, output);
+  with_winograd_policy(tile, p.R, [&](auto policy) {
+    winograd_conv<decltype(policy)>(sh, input, weight, false, bias, output);
+  });
 }
 
 // grad_input[c, h, w] = sum_{k, r, s} grad_output[k, h + pad_top - r, w + pad_left - s] * weight[k, c, r, s]
@@ -660,12 +670,9 @@ void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_outp
   const WinogradShape sh{p.N, p.K, p.out_h(), p.out_w(), p.C,
                          p.H, p.W, p.R - 1 - p.pad_top, p.S - 1 - p.pad_left};
   const T* no_bias = nullptr;
-  if (tile == 4)
-    winograd_conv<WinogradF4>(sh, grad_output, weight, true, no_bias, grad_input);
-  else if (p.R == 5)
-    winograd_conv<WinogradF2R5>(sh, grad_output, weight, true, no_bias, grad_input);
-  else
-    winograd_conv<WinogradF2>(sh, grad_output, weight, true, no_bias, grad_input);
+  with_winograd_policy(tile, p.R, [&](auto policy) {
+    winograd_conv<decltype(policy)>(sh, grad_output, weight, true, no_bias, grad_input);
+  });
 }
 
 namespace {
@@ -849,12 +856,9 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
 template <typename T>
 void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* input, T* grad_weight,
                                          int64_t tile) {
-  if (tile == 4)
-    winograd_backward_weight<WinogradF4>(p, grad_output, input, grad_weight);
-  else if (p.R == 5)
-    winograd_backward_weight<WinogradF2R5>(p, grad_output, input, grad_weight);
-  else
-    winograd_backward_weight<WinogradF2>(p, grad_output, input, grad_weight);
+  with_winograd_policy(tile, p.R, [&](auto policy) {
+    winograd_backward_weight<decltype(policy)>(p, grad_output, input, grad_weight);
+  });
 }
 
 template void conv2d_backward_weight_winograd_cpu<float>(const Conv2dParams&, const float*, const float*, float*,
