@@ -24,8 +24,8 @@ bool conv2d_allow_winograd_4x4();
 
 // Each entry point resolves Auto through conv2d_choose_algo and returns the
 // algorithm that actually ran. Winograd exists for all three directions of 3x3
-// stride-1 layers (asking for it on other layers raises); the weight gradient has
-// one form, F(3x3, 2x2), which runs for either tile size (reported as winograd_2x2).
+// stride-1 layers (both tile sizes) and 5x5 ones (winograd_2x2); asking for it on
+// other layers raises.
 
 // output = conv(input, weight) + bias (bias may be null).
 template <typename T>
@@ -71,8 +71,8 @@ void conv2d_backward_data_winograd_cpu(const Conv2dParams& p, const T* grad_outp
 // many channel slices and tile blocks with small budgets. A value <= 0 leaves that
 // budget as it is; returns the budgets before the call.
 std::pair<double, double> conv2d_winograd_set_budgets(double forward_bytes, double weight_bytes);
-// Weight gradient by F(3x3, 2x2) or F(3x3, 4x4) (the transposes of F(2x2, 3x3) and
-// F(4x4, 3x3)), by `tile` (2 or 4).
+// Weight gradient by F(3x3, 2x2), F(3x3, 4x4) or F(5x5, 2x2) (the transposes of
+// F(2x2, 3x3), F(4x4, 3x3) and F(2x2, 5x5)), by `tile` (2 or 4) and the filter size.
 template <typename T>
 void conv2d_backward_weight_winograd_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                          T* grad_weight, int64_t tile);

@@ -5,12 +5,12 @@
 // by 180 degrees and in/out channels swapped); and the weight gradient by the
 // transposed algorithm (at the end of the file).
 //
-// The output is cut into m x m tiles; each reads an (m+2) x (m+2) input patch d
-// (tiles overlap by 2; by r - 1 for an r x r filter). With the transforms below,
-// one tile of one filter is
+// The output is cut into m x m tiles; for an r x r filter each reads an
+// (m+r-1) x (m+r-1) input patch d (tiles overlap by r - 1). With the transforms
+// below, one tile of one filter is
 //     Y = A^T [ (G g G^T) .* (B^T d B) ] A,
-// so (m+2)^2 element-wise products replace 9 m^2 multiply-adds. Summing over input
-// channels turns the element-wise product into (m+2)^2 independent matrix
+// so (m+r-1)^2 element-wise products replace r^2 m^2 multiply-adds. Summing over
+// input channels turns the element-wise product into (m+r-1)^2 independent matrix
 // products, one per position xi of the transform domain:
 //     M[xi] (K x tiles) = U[xi] (K x C) * V[xi] (C x tiles)
 // which run on the packed GEMM. Output channels are processed in slices and tiles
@@ -173,8 +173,8 @@ CONVX_SIMD_CLONES void transform_filter_chunk(const T* weight, int64_t out_chann
 // apart) holding (G g G^T)[xi] for the filter g from input channel i to output
 // channel o of the slice, written straight into the packed layout. `rotate` reads
 // the filter of the backward-data convolution from the forward weight: g[r][s] =
-// weight[i][o][R - 1 - r][R - 1 - s]. Filters go in chunks of 8 output channels (one MR
-// strip of the packed layout) x 8 input channels, laid out lane by lane
+// weight[i][o][R - 1 - r][R - 1 - s]. Filters go in chunks of 8 output channels
+// (one MR strip of the packed layout) x 8 input channels, laid out lane by lane
 // (g[r][s][e]), so every step is a vector operation across 64 filters and each
 // chunk is one contiguous run per xi in the packed layout.
 template <typename F, typename T>
@@ -194,15 +194,15 @@ void transform_filters(const T* weight, int64_t out_channels, int64_t in_channel
   }
 }
 
-// Each algorithm as a policy: the edge of a tile, of the filter and of the patch, G, and the three
-// 1-D transforms applied to rows of n tiles at once. input_rows: y[0..P-1][t] =
-// B^T x[0..P-1][t]; output_rows: y[0..m-1][t] = A^T x[0..P-1][t]; grad_rows (the
-// weight gradient's): y[0..P-1][t] = A x[0..m-1][t]; for t in [0, n),
-// rows `xs` / `ys` apart. The loops run across tiles, so each line is one vector
-// operation. `ivdep`: the rows never overlap, which the compiler cannot prove
-// from the strides; without it F(4x4)'s six-row transforms stayed scalar (8% of
-// its forward, 15% of its weight gradient, on 192 channels at batch 16) and the
-// others ran behind run-time overlap tests.
+// Each algorithm as a policy: the edge of a tile, of the filter (kR) and of the
+// patch, G, and the three 1-D transforms applied to rows of n tiles at once.
+// input_rows: y[0..P-1][t] = B^T x[0..P-1][t]; output_rows: y[0..m-1][t] =
+// A^T x[0..P-1][t]; grad_rows (the weight gradient's): y[0..P-1][t] =
+// A x[0..m-1][t]; for t in [0, n), rows `xs` / `ys` apart. The loops run across
+// tiles, so each line is one vector operation. `ivdep`: the rows never overlap,
+// which the compiler cannot prove from the strides; without it F(4x4)'s six-row
+// transforms stayed scalar (8% of its forward, 15% of its weight gradient, on 192
+// channels at batch 16) and the others ran behind run-time overlap tests.
 struct WinogradF4 {
   static constexpr int64_t kTile = 4, kR = 3, kPatch = 6, kXi = 36;
   static constexpr double G[6][3] = {{1, 0, 0},
@@ -617,9 +617,9 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, boo
                            tiles);
 
       // Output transform, one filter at a time across all tiles of the block:
-      // (.) A over the six columns, then A^T over the six rows, as vector
-      // operations across tiles; then crop each 4x4 tile into the image and add
-      // the bias.
+      // (.) A over the patch's columns, then A^T over its rows, as vector
+      // operations across tiles; then crop each m x m tile into the image and
+      // add the bias.
 #pragma omp parallel if (parallel)
       {
         Scratch<T> f(WorkspaceSlot::Patches, kPatch * kTile * tiles),
