@@ -171,6 +171,21 @@ def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, dilation=(1, 1), group
     return p
 
 
+def _workspace_of(run):
+    """Bytes of kept scratch buffers one call leaves, on one thread."""
+    threads = convx.get_num_threads()
+    convx.set_num_threads(1)
+    try:
+        convx.release_workspace()
+        before = convx.workspace_bytes()  # buffers of other threads, if any
+        run()
+        held = convx.workspace_bytes() - before
+        convx.release_workspace()
+        return held
+    finally:
+        convx.set_num_threads(threads)
+
+
 WINOGRAD_LAYERS = [
     # (N, C, H, W, K, (top, bottom, left, right)): odd sizes so edge tiles are partial
     (2, 16, 19, 19, 24, (1, 1, 1, 1)),   # an AlphaGo-body-like layer, scaled down
@@ -532,7 +547,7 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded: B gathered (dropped columns 50%)
     (2, 64, 7, 7, 32, 3, 1, 1),    # small images side by side in one gathered GEMM, both forwards
     (3, 30, 9, 9, 20, 3, 2, 1),    # gathered from phase planes
-    (12, 256, 20, 20, 4, 5, 1, 0), # gathered in three chunks of images
+    (12, 64, 20, 20, 4, 5, 1, 0),  # gathered in three chunks of images
 ])
 def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, pad):
     p = _conv_params(N, C, H, W, K, (pad,) * 4, R=R, S=R, stride=stride)
@@ -555,6 +570,25 @@ def test_shifted_pixel_major_forms_match_direct(N, Cg, Kg, groups, H, W, R, S, s
     # where the flipped forward does not apply (any stride but 1, or pads past the
     # filter's reach; with 64+ channels and stride 1 the flipped forward runs).
     _shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation, seed)
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward_data", "backward_weight"])
+@pytest.mark.parametrize("N,C,H,K", [(64, 1, 28, 20), (64, 20, 12, 50)])  # LeNet's two layers
+def test_shifted_workspace_stays_near_its_chunk(direction, N, C, H, K):
+    # Images go through in chunks of about 1 MiB of buffers; with the filters'
+    # packed copies and the GEMM's packing, a LeNet layer keeps at most 1.25 MiB
+    # (at 4 MiB chunks it kept 1.5-4.1 MB).
+    p = _conv_params(N, C, H, H, K, (0, 0, 0, 0), R=5, S=5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
+    w = rng.standard_normal((p.K, p.C, 5, 5)).astype(np.float32)
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w())).astype(np.float32)
+    run = {
+        "forward": lambda: _C.conv2d_forward(p, x, w, None, np.empty(gy.shape, np.float32), "shifted"),
+        "backward_data": lambda: _C.conv2d_backward_data(p, gy, w, np.empty(x.shape, np.float32), "shifted"),
+        "backward_weight": lambda: _C.conv2d_backward_weight(p, gy, x, np.empty(w.shape, np.float32), "shifted"),
+    }[direction]
+    assert 0 < _workspace_of(run) <= 1.25 * 2**20
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])

@@ -169,10 +169,17 @@ void widen_plane(const ShiftedGeometry& g, const T* src, T* dst) {
 }
 
 // Images processed together when each needs `bytes_per_image` of buffers: about
-// 4 MB in all (near the caches, bounded whatever the batch), at least one. It
-// depends on the shape alone, so every sum keeps one order.
+// 1 MiB in all (near the caches, bounded whatever the batch), at least one. It
+// depends on the shape alone, so every sum keeps one order. Measured on one
+// core against 4 MiB, speed vs torch and the call's peak memory: LeNet's first layer
+// backward-data 7.7x -> 8.5x (4.1 -> 1.1 MB), weight gradient 1.41x -> 1.63x
+// (4.0 -> 1.0 MB); its second layer's forward 1.84x -> 1.87x (2.3 -> 1.8 MB),
+// backward-data the same 1.64x (4.8 -> 1.9 MB), weight gradient 1.88x -> 1.87x
+// (2.5 -> 1.2 MB). At two threads the backward-data of the first layer drops
+// from 6.1x to 4.5x (threads share fewer images per chunk), the rest within 3%.
+// 512 KiB was no faster on one core and lost up to 13% on two.
 int64_t images_per_chunk(double bytes_per_image, int64_t N) {
-  constexpr double kChunkBytes = 4.0 * 1024 * 1024;
+  constexpr double kChunkBytes = 1.0 * 1024 * 1024;
   return std::clamp<int64_t>(int64_t(kChunkBytes / bytes_per_image), 1, N);
 }
 
