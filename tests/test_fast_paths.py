@@ -481,6 +481,37 @@ def test_im2col_blocks_match_direct(N, C, H, W, K, groups, stride):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("N,C,H,W,K,groups", [
+    (2, 512, 32, 32, 8, 1),    # 1024 columns per image, blocks of 512: read in place, the packed GEMM
+    (2, 512, 32, 32, 2, 1),    # 2 x 512 entries: the dot products, in place
+    (3, 512, 40, 40, 16, 2),   # two groups of 256 channels, 1600 columns per image
+    (5, 512, 10, 10, 8, 1),    # 100 columns per image: small images still batched into blocks
+])
+def test_pointwise_weight_gradient_reads_the_image_in_place(N, C, H, W, K, groups):
+    # A 1x1 layer's weight gradient with images as wide as a column block reads
+    # them in place, image after image; smaller ones are batched (and copied).
+    p = _conv_params(N, C, H, W, K, (0, 0, 0, 0), R=1, S=1, groups=groups)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, C, H, W))
+    gy = rng.standard_normal((N, K, H, W))
+    got, want = np.empty((K, C // groups, 1, 1)), np.empty((K, C // groups, 1, 1))
+    assert _C.conv2d_backward_weight(p, gy, x, got, "im2col") == "im2col"
+    _C.conv2d_backward_weight(p, gy, x, want, "direct")
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
+
+
+def test_pointwise_weight_gradient_keeps_no_column_buffer():
+    # 256 -> 64 channels at 56x56: the copied columns were a 2 MiB block; in place,
+    # only the GEMM's packing buffers (about 0.1 MiB) remain.
+    p = _conv_params(2, 256, 56, 56, 64, (0, 0, 0, 0), R=1, S=1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
+    gy = rng.standard_normal((p.N, p.K, p.H, p.W)).astype(np.float32)
+    gw = np.empty((p.K, p.C, 1, 1), np.float32)
+    held = _workspace_of(lambda: _C.conv2d_backward_weight(p, gy, x, gw, "im2col"))
+    assert 0 < held <= 2**19
+
+
 # ---- the shifted-plane GEMM ------------------------------------------------------------
 
 def _three_directions(p, algo, x, w, b, gy):
