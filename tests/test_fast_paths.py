@@ -622,6 +622,19 @@ def test_shifted_workspace_stays_near_its_chunk(direction, N, C, H, K):
     assert 0 < _workspace_of(run) <= 1.25 * 2**20
 
 
+def test_shifted_pixel_major_weight_gradient_keeps_no_copy_of_the_gradient():
+    # AlphaGo's 48 -> 192 5x5 input layer at batch 1: the gradient accumulates in
+    # the output itself and dY is read in place; what is kept is the image's
+    # pixel-major planes and a copy of a few filters (0.25 MiB; a whole copy of
+    # the gradient and of dY made it 1.3 MiB).
+    p = _conv_params(1, 48, 19, 19, 192, (2, 2, 2, 2), R=5, S=5)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w())).astype(np.float32)
+    gw = np.empty((p.K, p.C, 5, 5), np.float32)
+    assert 0 < _workspace_of(lambda: _C.conv2d_backward_weight(p, gy, x, gw, "shifted")) <= 2**19
+
+
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 def test_shifted_pixel_major_backward_data_keeps_non_finite_weight_to_its_pixels(value):
     # No fallback either: a bad weight spoils the input pixels it reaches, as in

@@ -510,9 +510,17 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
   for (int64_t t = 0; t < RS; ++t)
     for (int64_t c = 0; c < Cg; ++c) col_off[t * Cg + c] = tap_shift[t] * Cg + c;
   // planes: channel-major, as fill_planes writes them; xT: the same transposed,
-  // with 16 readable elements after it for the gather's whole-vector copies.
+  // with 16 readable elements after it for the gather's whole-vector copies. With
+  // one image per chunk, dY is read in place (its rows are the image's planes);
+  // with several, their rows are copied side by side.
+  // The gradient accumulates in grad_weight itself, in [k][t][c] order, and is
+  // put back in [k][c][t] order at the end, a few filters at a time through a
+  // copy of about 64 KB: a whole [k][t][c] copy was 0.9 MB of the AlphaGo input
+  // layer's 1.3 MB of workspace.
+  const int64_t filters_per_copy = std::clamp<int64_t>(16384 / CRS, 1, Kg);
   Scratch<T> planes(WorkspaceSlot::Input, Cg * pixels), xt(WorkspaceSlot::Aux, pixels * Cg + 16),
-      dy(WorkspaceSlot::Output, Kg * images * L), dw(WorkspaceSlot::FiltersAux, Kg * CRS);
+      dy(WorkspaceSlot::Output, images > 1 ? Kg * images * L : 0),
+      dw_copy(WorkspaceSlot::FiltersAux, filters_per_copy * CRS);
   // With whole vectors of channels per tap, B is read in place: row q of B is
   // xT's row of pixel q, each 16-column vector at its tap's offset (64 -> 64
   // channels on 56x56: the gather was a tenth of the time). Otherwise gathered.
@@ -524,25 +532,34 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
   for (size_t v = 0; v < vec_off.size(); ++v) vec_off[v] = col_off[v * lanes];
   std::fill(xt.data() + pixels * Cg, xt.data() + pixels * Cg + 16, T(0));
   for (int64_t gr = 0; gr < p.groups; ++gr) {
+    T* dw = grad_weight + gr * Kg * CRS;
     for (int64_t n0 = 0; n0 < p.N; n0 += images) {
       const int64_t count = std::min(images, p.N - n0);
       for (int64_t j = 0; j < count; ++j)
         fill_planes(p, g, input + ((n0 + j) * p.C + gr * Cg) * p.H * p.W, Cg, j, images, planes.data());
-      copy_grad_output_rows(p, grad_output, gr, n0, count, images * L, dy.data());
+      const T* a = grad_output + (n0 * p.K + gr * Kg) * L;
+      int64_t lda = L;
+      if (images > 1) {
+        copy_grad_output_rows(p, grad_output, gr, n0, count, images * L, dy.data());
+        a = dy.data();
+        lda = images * L;
+      }
       transpose_cpu<T>(Cg, pixels, planes.data(), pixels, xt.data(), Cg);
       const T beta = n0 > 0 ? T(1) : T(0);
       if (read_in_place) {
-        gemm_split_rows_b_cpu<T>(Kg, CRS, count * L, dy.data(), images * L, b_rows.data(), vec_off.data(), beta,
-                                 dw.data(), CRS);
+        gemm_split_rows_b_cpu<T>(Kg, CRS, count * L, a, lda, b_rows.data(), vec_off.data(), beta, dw, CRS);
       } else {
-        gemm_gather_b_cpu<T>(Kg, CRS, count * L, SegmentedRows<T>::plain(dy.data(), images * L, count * L),
-                             xt.data(), row_off.data(), col_off.data(), beta, dw.data(), CRS);
+        gemm_gather_b_cpu<T>(Kg, CRS, count * L, SegmentedRows<T>::plain(a, lda, count * L), xt.data(),
+                             row_off.data(), col_off.data(), beta, dw, CRS);
       }
     }
     // Back to [k][c][t]: per filter an RS x Cg transpose, through registers in
-    // 16 x 16 blocks.
-    transpose_batch_cpu<T>(Kg, RS, Cg, dw.data(), CRS, Cg, grad_weight + gr * Kg * CRS, CRS, RS,
-                           dw.data() + Kg * CRS);
+    // 16 x 16 blocks, from a copy of a few filters.
+    for (int64_t k0 = 0; k0 < Kg; k0 += filters_per_copy) {
+      const int64_t n = std::min(filters_per_copy, Kg - k0);
+      std::copy(dw + k0 * CRS, dw + (k0 + n) * CRS, dw_copy.data());
+      transpose_batch_cpu<T>(n, RS, Cg, dw_copy.data(), CRS, Cg, dw + k0 * CRS, CRS, RS, dw_copy.data() + n * CRS);
+    }
   }
 }
 
