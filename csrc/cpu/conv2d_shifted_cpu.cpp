@@ -169,18 +169,24 @@ void widen_plane(const ShiftedGeometry& g, const T* src, T* dst) {
 }
 
 // Images processed together when each needs `bytes_per_image` of buffers: about
-// 1 MiB in all (near the caches, bounded whatever the batch), at least one. It
-// depends on the shape alone, so every sum keeps one order. Measured on one
-// core against 4 MiB, speed vs torch and the call's peak memory: LeNet's first layer
-// backward-data 7.7x -> 8.5x (4.1 -> 1.1 MB), weight gradient 1.41x -> 1.63x
-// (4.0 -> 1.0 MB); its second layer's forward 1.84x -> 1.87x (2.3 -> 1.8 MB),
-// backward-data the same 1.64x (4.8 -> 1.9 MB), weight gradient 1.88x -> 1.87x
-// (2.5 -> 1.2 MB). At two threads the backward-data of the first layer drops
-// from 6.1x to 4.5x (threads share fewer images per chunk), the rest within 3%.
-// 512 KiB was no faster on one core and lost up to 13% on two.
-int64_t images_per_chunk(double bytes_per_image, int64_t N) {
+// 1 MiB in all (near the caches, bounded whatever the batch), or as much as the
+// filters take where they are larger, at least one image. Every chunk streams all
+// the filters (or adds into all of the weight gradient), so a layer with large
+// filters wants few chunks: 512 channels on 7x7 at batch 8 (9.4 MB of filters)
+// ran at 0.89x torch in chunks of 3 images, 0.95x in one chunk of 8. The size
+// depends on the shape alone, so every sum keeps one order.
+// Measured on one core against 4 MiB, speed vs torch and the call's peak
+// memory: LeNet's first layer backward-data 7.7x -> 8.5x (4.1 -> 1.1 MB), weight
+// gradient 1.41x -> 1.63x (4.0 -> 1.0 MB); its second layer's forward 1.84x ->
+// 1.87x (2.3 -> 1.8 MB), backward-data the same 1.64x (4.8 -> 1.9 MB), weight
+// gradient 1.88x -> 1.87x (2.5 -> 1.2 MB). At two threads the backward-data of
+// the first layer drops from 6.1x to 4.5x (threads share fewer images per
+// chunk), the rest within 4%. 512 KiB was no faster on one core and lost up to
+// 13% on two.
+int64_t images_per_chunk(double bytes_per_image, double filter_bytes, int64_t N) {
   constexpr double kChunkBytes = 1.0 * 1024 * 1024;
-  return std::clamp<int64_t>(int64_t(kChunkBytes / bytes_per_image), 1, N);
+  const double target = std::max(kChunkBytes, filter_bytes);
+  return std::clamp<int64_t>(int64_t(target / bytes_per_image), 1, N);
 }
 
 // Threads take whole (image, group) jobs when there are enough of them: each GEMM
@@ -200,7 +206,8 @@ void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* 
                       const std::vector<int64_t>& shift, const T* bias, T* output) {
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t L = g.OH * g.OW, image_planes = Cg * g.phases * g.plane;
-  const int64_t images = images_per_chunk(double(image_planes + Kg * L) * sizeof(T), p.N);
+  const int64_t images =
+      images_per_chunk(double(image_planes + Kg * L) * sizeof(T), double(Kg * CRS) * sizeof(T), p.N);
   std::vector<int64_t> col_off(images * L);
   for (int64_t j = 0; j < images; ++j)
     for (int64_t oh = 0; oh < g.OH; ++oh)
@@ -406,7 +413,8 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   // that run past an image's last plane stay inside it, so threads that take
   // different images never touch each other's sums.
   const int64_t image_planes = Cg * g.phases * g.plane, image_stride = image_planes + g.slack;
-  const int64_t images = images_per_chunk(double(CRS * g.wide + Kg * g.wide + image_stride) * sizeof(T), p.N);
+  const int64_t images = images_per_chunk(double(CRS * g.wide + Kg * g.wide + image_stride) * sizeof(T),
+                                          double(Kg * CRS) * sizeof(T), p.N);
   const int64_t cols = images * g.wide;  // the chunk's wide columns, image after image
 
   const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
@@ -500,7 +508,8 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
                                  const T* input, T* grad_weight) {
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S, CRS = Cg * RS;
   const int64_t L = g.OH * g.OW;
-  const int64_t images = images_per_chunk(double(2 * Cg * g.phases * g.plane + Kg * L) * sizeof(T), p.N);
+  const int64_t images = images_per_chunk(double(2 * Cg * g.phases * g.plane + Kg * L) * sizeof(T),
+                                          double(Kg * CRS) * sizeof(T), p.N);
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
   std::vector<int64_t> row_off(images * L), col_off(CRS);
@@ -625,7 +634,8 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S, CRS = Cg * RS;
   const int64_t L = g.OH * g.OW;
   const int64_t images =
-      images_per_chunk(double(L * (CRS + Kg) + 2 * Cg * g.phases * g.plane) * sizeof(T), p.N);
+      images_per_chunk(double(L * (CRS + Kg) + 2 * Cg * g.phases * g.plane) * sizeof(T), double(Kg * CRS) * sizeof(T),
+                       p.N);
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
   Scratch<T> reordered(WorkspaceSlot::FiltersAux, Kg * CRS), dy(WorkspaceSlot::Aux, Kg * images * L),
@@ -703,7 +713,8 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
   // Images go through in chunks, their planes (and wide dY) laid end to end, so a
   // dot product runs over the whole chunk at once; the chunk is sized by the shape
   // alone (a fixed summation order; see images_per_chunk).
-  const int64_t images = images_per_chunk(double((Cg * g.phases + Kg) * g.plane) * sizeof(T), p.N);
+  const int64_t images =
+      images_per_chunk(double((Cg * g.phases + Kg) * g.plane) * sizeof(T), double(Kg * CRS) * sizeof(T), p.N);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, images);
   const int64_t blocks = Cg * g.phases, planes_size = blocks * images * g.plane + g.slack;
   Scratch<T> planes(WorkspaceSlot::Input, planes_size),
