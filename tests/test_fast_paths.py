@@ -608,7 +608,7 @@ def test_shifted_pixel_major_forms_match_direct(N, Cg, Kg, groups, H, W, R, S, s
 def test_shifted_workspace_stays_near_its_chunk(direction, N, C, H, K):
     # Images go through in chunks of about 1 MiB of buffers; with the filters'
     # packed copies and the GEMM's packing, a LeNet layer keeps at most 1.25 MiB
-    # (at 4 MiB chunks it kept 1.5-4.1 MB).
+    # (with 4 MiB chunks, five of these six cases kept 1.5-4.1 MB).
     p = _conv_params(N, C, H, H, K, (0, 0, 0, 0), R=5, S=5)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
