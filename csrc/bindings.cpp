@@ -541,6 +541,8 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("threads"), "Threads later convx kernels started from the calling thread use (omp_set_num_threads).");
   m.def("workspace_bytes_held", &workspace_bytes_held,
         "Bytes of scratch memory the CPU kernels keep between calls, over all threads.");
+  m.def("workspace_keeps_blocks", &workspace_keeps_blocks,
+        "Whether scratch memory is kept between calls (not in sanitizer builds, where every buffer is its own).");
   m.def("release_workspace", []() {
     py::gil_scoped_release release;
     workspace_release();

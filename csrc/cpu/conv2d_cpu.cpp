@@ -441,13 +441,13 @@ void run_blocks(const ColumnBlocks& blocks, int64_t groups, int64_t col_size, in
   if (share_blocks_between_threads(jobs, blocks.whole_images)) {
 #pragma omp parallel
     {
-      Scratch<T> col(WorkspaceSlot::Input, col_size), aux(WorkspaceSlot::Aux, aux_size);
+      Scratch<T> col(col_size), aux(aux_size);
 #pragma omp for schedule(static)
       for (int64_t job = 0; job < jobs; ++job) run(job / nb, blocks.list[job % nb], col.data(), aux.data());
     }
     return;
   }
-  Scratch<T> col(WorkspaceSlot::Input, col_size), aux(WorkspaceSlot::Aux, aux_size);
+  Scratch<T> col(col_size), aux(aux_size);
   for (int64_t job = 0; job < jobs; ++job) run(job / nb, blocks.list[job % nb], col.data(), aux.data());
 }
 
@@ -596,18 +596,17 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   const bool grouped = blocks.whole_images && partials >= 2 &&
                        double(partials) * double(Kg * CRS) * sizeof(T) <= 4.0 * 1024 * 1024;
   if (!grouped) {
-    Scratch<T> col(WorkspaceSlot::Input, CRS * widest),
-        gy_block(WorkspaceSlot::Aux, blocks.whole_images ? Kg * widest : 0);
+    Scratch<T> col(CRS * widest), gy_block(blocks.whole_images ? Kg * widest : 0);
     for (int64_t g = 0; g < p.groups; ++g)
       for (int64_t i = 0; i < nb; ++i)
         add_block(g, blocks.list[i], i == 0, grad_weight + g * Kg * CRS, col.data(), gy_block.data());
     return;
   }
-  Scratch<T> partial(WorkspaceSlot::Output, partials * Kg * CRS);
+  Scratch<T> partial(partials * Kg * CRS);
   for (int64_t g = 0; g < p.groups; ++g) {
 #pragma omp parallel if (omp_get_max_threads() > 1 && !omp_in_parallel())
     {
-      Scratch<T> col(WorkspaceSlot::Input, CRS * widest), gy_block(WorkspaceSlot::Aux, Kg * widest);
+      Scratch<T> col(CRS * widest), gy_block(Kg * widest);
 #pragma omp for schedule(static)
       for (int64_t part = 0; part < partials; ++part)
         for (int64_t i = part * nb / partials; i < (part + 1) * nb / partials; ++i)

@@ -213,7 +213,7 @@ void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* 
     for (int64_t oh = 0; oh < g.OH; ++oh)
       for (int64_t ow = 0; ow < g.OW; ++ow) col_off[(j * g.OH + oh) * g.OW + ow] = j * image_planes + oh * g.Wq + ow;
   const int64_t planes_size = images * image_planes + g.slack;
-  Scratch<T> planes(WorkspaceSlot::Input, planes_size), out(WorkspaceSlot::Output, Kg * images * L);
+  Scratch<T> planes(planes_size), out(Kg * images * L);
   for (int64_t gr = 0; gr < p.groups; ++gr)
     for (int64_t n0 = 0; n0 < p.N; n0 += images) {
       const int64_t count = std::min(images, p.N - n0);
@@ -262,7 +262,7 @@ void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> fil
   }
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t a_size = gemm_packed_a_size<T>(Kg, CRS);
-  Scratch<T> a_packed(WorkspaceSlot::Filters, p.groups * a_size);
+  Scratch<T> a_packed(p.groups * a_size);
   for (int64_t gr = 0; gr < p.groups; ++gr) {
     SegmentedRows<T> group_filters = filters;
     group_filters.base += gr * Kg * CRS;
@@ -289,14 +289,14 @@ void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> fil
   if (share_jobs_between_threads(jobs)) {
 #pragma omp parallel
     {
-      Scratch<T> planes(WorkspaceSlot::Input, planes_size), wide(WorkspaceSlot::Output, wide_size);
+      Scratch<T> planes(planes_size), wide(wide_size);
       std::vector<const T*> rows(CRS);
 #pragma omp for schedule(static)
       for (int64_t job = 0; job < jobs; ++job) run(job, planes.data(), wide.data(), rows.data());
     }
     return;
   }
-  Scratch<T> planes(WorkspaceSlot::Input, planes_size), wide(WorkspaceSlot::Output, wide_size);
+  Scratch<T> planes(planes_size), wide(wide_size);
   std::vector<const T*> rows(CRS);
   for (int64_t job = 0; job < jobs; ++job) run(job, planes.data(), wide.data(), rows.data());
 }
@@ -418,14 +418,13 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   const int64_t cols = images * g.wide;  // the chunk's wide columns, image after image
 
   const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
-  Scratch<T> a_packed(WorkspaceSlot::Filters, p.groups * a_size), transposed(WorkspaceSlot::FiltersAux, CRS * Kg);
+  Scratch<T> a_packed(p.groups * a_size), transposed(CRS * Kg);
   for (int64_t gr = 0; gr < p.groups; ++gr) {
     transpose_cpu<T>(Kg, CRS, weight + gr * Kg * CRS, CRS, transposed.data(), Kg);
     gemm_pack_a<T>(CRS, Kg, SegmentedRows<T>::plain(transposed.data(), Kg, Kg), a_packed.data() + gr * a_size);
   }
   // dY rows are read in whole vectors: 16 elements of slack after the last.
-  Scratch<T> dy_wide(WorkspaceSlot::Aux, Kg * cols + 16), col(WorkspaceSlot::Output, CRS * cols),
-      planes(WorkspaceSlot::Input, images * image_stride);
+  Scratch<T> dy_wide(Kg * cols + 16), col(CRS * cols), planes(images * image_stride);
   std::fill(dy_wide.data() + Kg * cols, dy_wide.data() + Kg * cols + 16, T(0));
   std::vector<const T*> dy_rows(Kg);
   for (int64_t k = 0; k < Kg; ++k) dy_rows[k] = dy_wide.data() + k * cols;
@@ -527,9 +526,8 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
   // copy of about 64 KB: a whole [k][t][c] copy was 0.9 MB of the AlphaGo input
   // layer's 1.3 MB of workspace.
   const int64_t filters_per_copy = std::clamp<int64_t>(16384 / CRS, 1, Kg);
-  Scratch<T> planes(WorkspaceSlot::Input, Cg * pixels), xt(WorkspaceSlot::Aux, pixels * Cg + 16),
-      dy(WorkspaceSlot::Output, images > 1 ? Kg * images * L : 0),
-      dw_copy(WorkspaceSlot::FiltersAux, filters_per_copy * CRS);
+  Scratch<T> planes(Cg * pixels), xt(pixels * Cg + 16), dy(images > 1 ? Kg * images * L : 0),
+      dw_copy(filters_per_copy * CRS);
   // With whole vectors of channels per tap, B is read in place: row q of B is
   // xT's row of pixel q, each 16-column vector at its tap's offset (64 -> 64
   // channels on 56x56: the gather was a tenth of the time). Otherwise gathered.
@@ -638,9 +636,8 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
                        p.N);
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
-  Scratch<T> reordered(WorkspaceSlot::FiltersAux, Kg * CRS), dy(WorkspaceSlot::Aux, Kg * images * L),
-      col(WorkspaceSlot::Output, images * L * CRS), planes(WorkspaceSlot::Input, pixels * Cg),
-      planes_t(WorkspaceSlot::Patches, pixels * Cg);
+  Scratch<T> reordered(Kg * CRS), dy(Kg * images * L), col(images * L * CRS), planes(pixels * Cg),
+      planes_t(pixels * Cg);
   // Pixel-major, then transposed into planes_t. A kept pixel's taps all lie inside
   // its image's planes, so the adds need no slack past them.
   T* const dx_t = planes.data();
@@ -717,8 +714,7 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
       images_per_chunk(double((Cg * g.phases + Kg) * g.plane) * sizeof(T), double(Kg * CRS) * sizeof(T), p.N);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, images);
   const int64_t blocks = Cg * g.phases, planes_size = blocks * images * g.plane + g.slack;
-  Scratch<T> planes(WorkspaceSlot::Input, planes_size),
-      dy_wide(WorkspaceSlot::Output, Kg * images * g.plane);
+  Scratch<T> planes(planes_size), dy_wide(Kg * images * g.plane);
   std::vector<const T*> a_rows(Kg), b_rows(CRS);
   for (int64_t k = 0; k < Kg; ++k) a_rows[k] = dy_wide.data() + k * images * g.plane;
   for (int64_t e = 0; e < CRS; ++e) b_rows[e] = planes.data() + shift[e];

@@ -556,9 +556,8 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, boo
   // V is written by the input transform straight into the GEMM's packed-B layout,
   // so the products read it without another copy; U likewise in the packed-A one.
   // Uninitialized: every element is written before it is read.
-  Scratch<T> U(WorkspaceSlot::Filters, kXi * gemm_packed_a_size<T>(cut.slice, C)),
-      V(WorkspaceSlot::Input, kXi * gemm_packed_b_size<T>(C, max_tiles)),
-      M(WorkspaceSlot::Output, kXi * cut.slice * max_tiles);
+  Scratch<T> U(kXi * gemm_packed_a_size<T>(cut.slice, C)), V(kXi * gemm_packed_b_size<T>(C, max_tiles)),
+      M(kXi * cut.slice * max_tiles);
   const bool parallel = double(C + cut.slice) * double(max_tiles) > 16384.0;
   const bool prefetch = prefetch_input(sh.N * C * sh.H * sh.W * int64_t(sizeof(T)));
   // With several slices and several blocks, one of U and V is made more than
@@ -588,7 +587,7 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, boo
 #pragma omp parallel if (parallel)
         {
           const int64_t scratch = PatchGather<F, T>::scratch_size(tiles);
-          Scratch<T> d(WorkspaceSlot::Patches, scratch), e(WorkspaceSlot::PatchesAux, scratch);
+          Scratch<T> d(scratch), e(scratch);
 #pragma omp for schedule(static)
           for (int64_t c = 0; c < C; ++c) {
             const PackedBRow row = gemm_packed_b_row<T>(C, tiles, c);
@@ -622,8 +621,7 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, boo
       // add the bias.
 #pragma omp parallel if (parallel)
       {
-        Scratch<T> f(WorkspaceSlot::Patches, kPatch * kTile * tiles),
-            y(WorkspaceSlot::PatchesAux, kTile * kTile * tiles);
+        Scratch<T> f(kPatch * kTile * tiles), y(kTile * kTile * tiles);
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < ks; ++k) {
           const int64_t kk = slice.begin + k;
@@ -798,8 +796,7 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
       winograd_blocking(kXi, C, K, tile_rows, tw, weight_budget.load(), kWeightFilterShare, sizeof(T));
   const int64_t rows_per_block = rows_per_vector_block(tile_rows, tw, cut.rows);
   const int64_t max_tiles = rows_per_block * tw;
-  Scratch<T> X(WorkspaceSlot::Input, kXi * C * max_tiles), Y(WorkspaceSlot::Output, kXi * cut.slice * max_tiles),
-      P(WorkspaceSlot::Aux, kXi * cut.slice * C);
+  Scratch<T> X(kXi * C * max_tiles), Y(kXi * cut.slice * max_tiles), P(kXi * cut.slice * C);
   const bool prefetch = prefetch_input(p.N * C * p.H * p.W * int64_t(sizeof(T)));
   const bool parallel = double(C + cut.slice) * double(max_tiles) > 16384.0;
   int64_t x_block = -1;  // the block X holds now (with one block, made once for all slices)
@@ -816,7 +813,7 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
 #pragma omp parallel if (parallel)
       {
         const int64_t scratch = PatchGather<F, T>::scratch_size(tiles);
-        Scratch<T> d(WorkspaceSlot::Patches, scratch), e(WorkspaceSlot::PatchesAux, scratch);
+        Scratch<T> d(scratch), e(scratch);
         // Input patches: X[xi][c][t] = (B^T x B)[xi], the forward's input transform.
         if (make_x) {
 #pragma omp for schedule(static) nowait

@@ -453,7 +453,7 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
   const int64_t kc_max = std::min(kKC, K);
   const int64_t m_strips = (M + kMR - 1) / kMR, n_strips = (N + NR - 1) / NR;
   const bool prefetch_c = prefetch_c_tiles<T>(M, N);
-  Scratch<T> a_packed(WorkspaceSlot::GemmA, kInPlaceA ? 0 : m_strips * kMR * kc_max);
+  Scratch<T> a_packed(kInPlaceA ? 0 : m_strips * kMR * kc_max);
   for (int64_t pc = 0; pc < K; pc += kKC) {
     const int64_t kc = std::min(kKC, K - pc);
     const bool accumulate = pc > 0 || beta != T(0);
@@ -468,7 +468,7 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
         for (int64_t is = 0; is < m_strips; ++is)
           pack_a(is * kMR, std::min(kMR, M - is * kMR), pc, kc, ap + is * kMR * kc);
       }
-      Scratch<T> b_strip(WorkspaceSlot::GemmB, NR * kc_max);
+      Scratch<T> b_strip(NR * kc_max);
 #pragma omp for schedule(static)
       for (int64_t js = 0; js < n_strips; ++js) {
         const int64_t j = js * NR;
@@ -505,8 +505,7 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
   const int64_t nc_max = std::min(kNC, (N + NR - 1) / NR * NR);
   const int64_t kc_max = std::min(kKC, K);
   const int64_t mc_max = std::min(kMC, (M + kMR - 1) / kMR * kMR);
-  Scratch<T> b_packed(WorkspaceSlot::GemmB, nc_max * kc_max),
-      a_packed(WorkspaceSlot::GemmA, kInPlaceA ? 0 : mc_max * kc_max);
+  Scratch<T> b_packed(nc_max * kc_max), a_packed(kInPlaceA ? 0 : mc_max * kc_max);
   const bool prefetch_c = prefetch_c_tiles<T>(M, N);
 
   for (int64_t jc = 0; jc < N; jc += kNC) {
@@ -945,7 +944,7 @@ void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, 
   }
   const int64_t K_vec = K / L * L;  // the tail (K % L terms) is added in scalar, in order
   const int64_t mb = (M + BM - 1) / BM, nb = (N + BN - 1) / BN, blocks = mb * nb;
-  Scratch<T> acc_buffer(WorkspaceSlot::GemmAcc, blocks * BM * BN * L);
+  Scratch<T> acc_buffer(blocks * BM * BN * L);
   T* const acc = acc_buffer.data();
   std::fill(acc, acc + blocks * BM * BN * L, T(0));
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;

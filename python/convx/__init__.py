@@ -38,9 +38,10 @@ def set_num_threads(threads: int) -> None:
 def workspace_bytes() -> int:
     """Bytes of scratch memory convx's CPU kernels keep between calls (all threads).
 
-    Each thread keeps its largest recent buffers (packed GEMM blocks, Winograd
-    tiles, padded images; none above 64 MB) so the next call does not page-fault
-    fresh memory in again; release_workspace() gives them back."""
+    Each thread keeps one block, as large as the most any call has needed at once
+    (packed GEMM operands, Winograd tiles, padded images; up to 64 MB), so the
+    next call does not page-fault fresh memory in again; release_workspace()
+    gives it back."""
     return _C.workspace_bytes_held()
 
 
