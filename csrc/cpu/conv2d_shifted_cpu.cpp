@@ -168,7 +168,7 @@ void widen_plane(const ShiftedGeometry& g, const T* src, T* dst) {
   }
 }
 
-// Images processed together when each needs `bytes_per_image` of buffers: about
+// Images processed together when each needs `elements_per_image` of buffers: about
 // 1 MiB in all (near the caches, bounded whatever the batch), or as much as the
 // filters take where they are larger, at least one image. Every chunk streams all
 // the filters (or adds into all of the weight gradient), so a layer with large
@@ -183,10 +183,12 @@ void widen_plane(const ShiftedGeometry& g, const T* src, T* dst) {
 // the first layer drops from 6.1x to 4.5x (threads share fewer images per
 // chunk), the rest within 4%. 512 KiB was no faster on one core and lost up to
 // 13% on two.
-int64_t images_per_chunk(double bytes_per_image, double filter_bytes, int64_t N) {
+template <typename T>
+int64_t images_per_chunk(const Conv2dParams& p, int64_t elements_per_image) {
   constexpr double kChunkBytes = 1.0 * 1024 * 1024;
+  const double filter_bytes = double(p.filters_per_group() * p.channels_per_group() * p.R * p.S) * sizeof(T);
   const double target = std::max(kChunkBytes, filter_bytes);
-  return std::clamp<int64_t>(int64_t(target / bytes_per_image), 1, N);
+  return std::clamp<int64_t>(int64_t(target / (double(elements_per_image) * sizeof(T))), 1, p.N);
 }
 
 // Threads take whole (image, group) jobs when there are enough of them: each GEMM
@@ -206,8 +208,7 @@ void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* 
                       const std::vector<int64_t>& shift, const T* bias, T* output) {
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
   const int64_t L = g.OH * g.OW, image_planes = Cg * g.phases * g.plane;
-  const int64_t images =
-      images_per_chunk(double(image_planes + Kg * L) * sizeof(T), double(Kg * CRS) * sizeof(T), p.N);
+  const int64_t images = images_per_chunk<T>(p, image_planes + Kg * L);
   std::vector<int64_t> col_off(images * L);
   for (int64_t j = 0; j < images; ++j)
     for (int64_t oh = 0; oh < g.OH; ++oh)
@@ -413,8 +414,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   // that run past an image's last plane stay inside it, so threads that take
   // different images never touch each other's sums.
   const int64_t image_planes = Cg * g.phases * g.plane, image_stride = image_planes + g.slack;
-  const int64_t images = images_per_chunk(double(CRS * g.wide + Kg * g.wide + image_stride) * sizeof(T),
-                                          double(Kg * CRS) * sizeof(T), p.N);
+  const int64_t images = images_per_chunk<T>(p, CRS * g.wide + Kg * g.wide + image_stride);
   const int64_t cols = images * g.wide;  // the chunk's wide columns, image after image
 
   const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
@@ -507,8 +507,7 @@ void backward_weight_pixel_major(const Conv2dParams& p, const ShiftedGeometry& g
                                  const T* input, T* grad_weight) {
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S, CRS = Cg * RS;
   const int64_t L = g.OH * g.OW;
-  const int64_t images = images_per_chunk(double(2 * Cg * g.phases * g.plane + Kg * L) * sizeof(T),
-                                          double(Kg * CRS) * sizeof(T), p.N);
+  const int64_t images = images_per_chunk<T>(p, 2 * Cg * g.phases * g.plane + Kg * L);
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
   std::vector<int64_t> row_off(images * L), col_off(CRS);
@@ -631,9 +630,7 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
   const ShiftedGeometry g = shifted_geometry(p);
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S, CRS = Cg * RS;
   const int64_t L = g.OH * g.OW;
-  const int64_t images =
-      images_per_chunk(double(L * (CRS + Kg) + 2 * Cg * g.phases * g.plane) * sizeof(T), double(Kg * CRS) * sizeof(T),
-                       p.N);
+  const int64_t images = images_per_chunk<T>(p, L * (CRS + Kg) + 2 * Cg * g.phases * g.plane);
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
   Scratch<T> reordered(Kg * CRS), dy(Kg * images * L), col(images * L * CRS), planes(pixels * Cg),
@@ -710,8 +707,7 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
   // Images go through in chunks, their planes (and wide dY) laid end to end, so a
   // dot product runs over the whole chunk at once; the chunk is sized by the shape
   // alone (a fixed summation order; see images_per_chunk).
-  const int64_t images =
-      images_per_chunk(double((Cg * g.phases + Kg) * g.plane) * sizeof(T), double(Kg * CRS) * sizeof(T), p.N);
+  const int64_t images = images_per_chunk<T>(p, (Cg * g.phases + Kg) * g.plane);
   const std::vector<int64_t> shift = row_shifts(p, g, Cg, images);
   const int64_t blocks = Cg * g.phases, planes_size = blocks * images * g.plane + g.slack;
   Scratch<T> planes(planes_size), dy_wide(Kg * images * g.plane);
