@@ -547,6 +547,17 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   const auto gy_slice = [&](int64_t g) { return [&p, g, Kg, L](int64_t n) { return (n * p.K + g * Kg) * L; }; };
   const ColumnBlocks blocks = column_blocks<T>(p, CRS);
   const int64_t widest = blocks.widest;
+  // dst (Kg x CRS) = dY * cols^T + beta * dst over `count` columns, dY's rows
+  // ld_gy apart and those of cols ld_cols apart. A handful of filter taps (one
+  // input channel) is a small matrix of long dot products, which the packed
+  // GEMM would pad to 48-wide strips.
+  const auto add_product = [&](const T* gy, int64_t ld_gy, const T* cols, int64_t ld_cols, int64_t count, T beta,
+                               T* dst) {
+    if (Kg * CRS <= kDotProductMaxOutputs)
+      gemm_abt_small_cpu<T>(Kg, CRS, count, gy, ld_gy, cols, ld_cols, beta, dst, CRS);
+    else
+      gemm_cpu<T>(false, true, Kg, CRS, count, gy, ld_gy, cols, ld_cols, beta, dst, CRS);
+  };
   // A 1x1 layer's columns are the image itself: with images as large as a block,
   // dW (+)= dY_n X_n^T reads them in place, image after image, with no column
   // buffer (the copy was 2 MB of workspace on 256 channels at 56x56). Small
@@ -554,15 +565,9 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
   // short product per image.
   if (is_pointwise(p) && !blocks.whole_images) {
     for (int64_t g = 0; g < p.groups; ++g)
-      for (int64_t n = 0; n < p.N; ++n) {
-        const T* gy = grad_output + gy_slice(g)(n);
-        const T beta = n == 0 ? T(0) : T(1);
-        T* dst = grad_weight + g * Kg * CRS;
-        if (Kg * CRS <= kDotProductMaxOutputs)
-          gemm_abt_small_cpu<T>(Kg, CRS, L, gy, L, image(n, g), L, beta, dst, CRS);
-        else
-          gemm_cpu<T>(false, true, Kg, CRS, L, gy, L, image(n, g), L, beta, dst, CRS);
-      }
+      for (int64_t n = 0; n < p.N; ++n)
+        add_product(grad_output + gy_slice(g)(n), L, image(n, g), L, L, n == 0 ? T(0) : T(1),
+                    grad_weight + g * Kg * CRS);
     return;
   }
   // dst (+)= this block's dY * col^T; `first` overwrites.
@@ -577,12 +582,7 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
       gy = gy_block;
       ld = b.count;
     }
-    // A handful of filter taps (one input channel): a small matrix of long dot
-    // products, which the packed GEMM would pad to 48-wide strips.
-    if (Kg * CRS <= kDotProductMaxOutputs)
-      gemm_abt_small_cpu<T>(Kg, CRS, b.count, gy, ld, col, b.count, first ? T(0) : T(1), dst, CRS);
-    else
-      gemm_cpu<T>(false, true, Kg, CRS, b.count, gy, ld, col, b.count, first ? T(0) : T(1), dst, CRS);
+    add_product(gy, ld, col, b.count, b.count, first ? T(0) : T(1), dst);
   };
   // Blocks of whole small images go into a fixed number of partial sums (each a
   // run of consecutive blocks, summed in order), which threads can fill in
