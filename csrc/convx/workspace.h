@@ -18,7 +18,7 @@
 // undefined), given back when it goes out of scope; Scratch objects are scoped,
 // so they are given back in reverse order. What the block has no room for (the
 // first call of a larger layer) goes to further blocks chained for the rest of
-// the call; once the thread holds no Scratch, its blocks become one, as large as
+// the call; once nothing is in them, its blocks become one, as large as
 // the most it was asked for at once, so the next such call fits. A request past
 // kKeepMaxBytes gets a buffer of its own, freed at scope exit. OpenMP worker
 // threads keep their own blocks, like any other thread. Under AddressSanitizer
@@ -41,7 +41,7 @@ size_t workspace_bytes_held();
 // Whether blocks are kept at all (false under AddressSanitizer).
 bool workspace_keeps_blocks();
 // Frees the kept blocks of the calling thread and of the threads of an OpenMP
-// team it starts (the ones convx's parallel regions use), where no Scratch is live.
+// team it starts (the ones convx's parallel regions use), where nothing is in them.
 void workspace_release();
 
 template <typename T>

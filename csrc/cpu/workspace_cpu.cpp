@@ -71,11 +71,10 @@ void unmap_block(char* p, size_t bytes) {
 // GEMM's packing buffers, a transform's per-region scratch) then reuse a block,
 // where buffers of their own came and went through malloc and left the resident
 // set 2-3 MB higher (256 channels at 19x19, the AlphaGo body at batch 16). Once
-// no Scratch is live, the blocks become one again.
+// nothing is in the blocks, they become one again.
 struct ThreadWorkspace {
   std::vector<Block> blocks;
-  size_t live = 0;       // bytes of all live Scratch objects
-  size_t kept_live = 0;  // of those, in blocks
+  size_t kept_live = 0;  // bytes of the live Scratch objects in blocks
   size_t most_kept = 0;  // the most `kept_live` has been since the blocks were last released
 
   Block& add_block(size_t capacity) {
@@ -118,7 +117,7 @@ struct ThreadWorkspace {
       }
     }
   }
-  // Called when no Scratch is live: one block, as large as the most any call
+  // Called when nothing is in the blocks: one block, as large as the most any call
   // has needed at once (up to kKeepMaxBytes), so that call fits it next time.
   void settle() {
     for (Block& b : blocks) b.top = 0;
@@ -128,7 +127,7 @@ struct ThreadWorkspace {
     if (want > 0) add_block(want);
   }
   void release_idle() {
-    if (live != 0) return;
+    if (kept_live != 0) return;
     free_blocks();
     most_kept = 0;
   }
@@ -142,7 +141,6 @@ thread_local ThreadWorkspace t_workspace;
 void* workspace_acquire(size_t& bytes, bool& kept) {
   bytes = round_up_64(bytes == 0 ? 1 : bytes);
   ThreadWorkspace& w = t_workspace;
-  w.live += bytes;
   kept = kUseBlocks && bytes <= kKeepMaxBytes;
   if (!kept) return aligned_bytes(bytes);
   w.kept_live += bytes;
@@ -151,15 +149,14 @@ void* workspace_acquire(size_t& bytes, bool& kept) {
 }
 
 void workspace_return(void* ptr, size_t bytes, bool kept) {
-  ThreadWorkspace& w = t_workspace;
-  w.live -= bytes;
-  if (kept) {
-    w.kept_live -= bytes;
-    w.give_back(ptr, bytes);
-  } else {
+  if (!kept) {
     std::free(ptr);
+    return;
   }
-  if (w.live == 0 && kUseBlocks) w.settle();
+  ThreadWorkspace& w = t_workspace;
+  w.kept_live -= bytes;
+  w.give_back(ptr, bytes);
+  if (w.kept_live == 0) w.settle();
 }
 
 size_t workspace_bytes_held() { return g_bytes_held.load(); }
