@@ -171,25 +171,27 @@ def _conv_params(N, C, H, W, K, pads, R=3, S=3, stride=1, dilation=(1, 1), group
     return p
 
 
-def _require_kept_workspace():
+def require_kept_workspace():
     # Called after the kernels ran, so a sanitizer build still checks them.
     if not _C.workspace_keeps_blocks():
         pytest.skip("sanitizer build: every scratch buffer is its own, nothing is kept to measure")
 
 
-def _workspace_of(run):
-    """Bytes of kept scratch memory one call leaves, on one thread."""
+def kept_workspace_after(*runs):
+    """Bytes of kept scratch memory the calls leave, made in turn on one thread
+    from none kept; skips the test (after the calls) where nothing is kept."""
     threads = convx.get_num_threads()
     convx.set_num_threads(1)
     try:
         convx.release_workspace()
         before = convx.workspace_bytes()  # blocks of other threads, if any
-        run()
+        for run in runs:
+            run()
         held = convx.workspace_bytes() - before
         convx.release_workspace()
     finally:
         convx.set_num_threads(threads)
-    _require_kept_workspace()
+    require_kept_workspace()
     return held
 
 
@@ -437,7 +439,7 @@ def test_winograd_workspace_stays_within_its_budget(direction):
         budget = 12 * 2**20
     held = convx.workspace_bytes() - held_before
     convx.release_workspace()
-    _require_kept_workspace()
+    require_kept_workspace()
     assert 0 < held <= budget + 2**19
 
 
@@ -516,7 +518,7 @@ def test_pointwise_weight_gradient_keeps_no_column_buffer():
     x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
     gy = rng.standard_normal((p.N, p.K, p.H, p.W)).astype(np.float32)
     gw = np.empty((p.K, p.C, 1, 1), np.float32)
-    held = _workspace_of(lambda: _C.conv2d_backward_weight(p, gy, x, gw, "im2col"))
+    held = kept_workspace_after(lambda: _C.conv2d_backward_weight(p, gy, x, gw, "im2col"))
     assert 0 < held <= 2**19
 
 
@@ -627,7 +629,7 @@ def test_shifted_workspace_stays_near_its_chunk(direction, N, C, H, K):
         "backward_data": lambda: _C.conv2d_backward_data(p, gy, w, np.empty(x.shape, np.float32), "shifted"),
         "backward_weight": lambda: _C.conv2d_backward_weight(p, gy, x, np.empty(w.shape, np.float32), "shifted"),
     }[direction]
-    assert 0 < _workspace_of(run) <= 1.25 * 2**20
+    assert 0 < kept_workspace_after(run) <= 1.25 * 2**20
 
 
 def test_shifted_pixel_major_weight_gradient_keeps_no_copy_of_the_gradient():
@@ -640,7 +642,7 @@ def test_shifted_pixel_major_weight_gradient_keeps_no_copy_of_the_gradient():
     x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
     gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w())).astype(np.float32)
     gw = np.empty((p.K, p.C, 5, 5), np.float32)
-    assert 0 < _workspace_of(lambda: _C.conv2d_backward_weight(p, gy, x, gw, "shifted")) <= 2**19
+    assert 0 < kept_workspace_after(lambda: _C.conv2d_backward_weight(p, gy, x, gw, "shifted")) <= 2**19
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])

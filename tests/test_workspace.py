@@ -7,6 +7,7 @@ import convx
 from convx import _C
 
 from test_extremes import run_child
+from test_fast_paths import kept_workspace_after
 
 
 def test_workspace_is_kept_and_released():
@@ -115,21 +116,7 @@ def test_layers_in_turn_keep_the_largest_calls_workspace():
         w = rng.standard_normal((p.K, p.C, 3, 3)).astype(np.float32)
         y = np.empty((p.N, p.K, p.out_h(), p.out_w()), np.float32)
         calls.append(lambda p=p, x=x, w=w, y=y, algo=algo: _C.conv2d_forward(p, x, w, None, y, algo))
-    threads = convx.get_num_threads()
-    convx.set_num_threads(1)
-    try:
-        def held_after(*runs):
-            convx.release_workspace()
-            before = convx.workspace_bytes()  # buffers of other threads, if any
-            for run in runs:
-                run()
-            return convx.workspace_bytes() - before
-        each = [held_after(run) for run in calls]
-        both = held_after(*calls)
-        convx.release_workspace()
-    finally:
-        convx.set_num_threads(threads)
-    if not _C.workspace_keeps_blocks():
-        pytest.skip("sanitizer build: every scratch buffer is its own, nothing is kept to measure")
+    each = [kept_workspace_after(run) for run in calls]
+    both = kept_workspace_after(*calls)
     assert min(each) > 1_500_000, each  # both layers need a sizeable workspace
     assert both <= max(each), (both, each)
