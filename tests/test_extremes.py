@@ -148,6 +148,10 @@ digest(*tensors((1, 64, 30, 30), (64, 64, 3, 3), (64,)), ("shifted",), (2, 2))
 # the pixel-major backward-data (16 channels, 5x5): images shared by the threads'
 # adds, in two chunks
 digest(*tensors((6, 16, 21, 21), (32, 16, 5, 5), (32,)), ("shifted",), (2, 2))
+# the same for AlphaGo's input layer, one image: channels shared by the adds, the
+# filters in two blocks of taps; then blocks of pixels that straddle two images
+digest(*tensors((1, 48, 19, 19), (192, 48, 5, 5), (192,)), ("shifted",), (2, 2))
+digest(*tensors((3, 48, 9, 9), (192, 48, 5, 5), (192,)), ("shifted",), (2, 2))
 print(h.hexdigest())
 """
 

@@ -582,6 +582,8 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (2, 64, 12, 12, 32, 3, 1, 1),  # 32 x 576 gradient entries: the GEMM over pixel-major planes
     (3, 64, 40, 40, 32, 3, 1, 1),  # the same, one image per chunk: three GEMMs summed
     (1, 48, 19, 19, 64, 5, 1, 2),  # AlphaGo's input layer: backward-data over pixel-major planes
+    (1, 48, 19, 19, 192, 5, 1, 2),  # the same with its 192 filters: W' in two blocks of taps, col^T in four
+    (5, 48, 5, 5, 192, 5, 1, 2),   # 25 pixels per image: rows of dY^T and blocks of col^T straddle images
     (3, 48, 40, 40, 32, 5, 1, 2),  # the same, one image per chunk
     (2, 32, 21, 21, 16, 5, 2, 2),  # the same from phase planes (stride 2)
     (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
@@ -643,6 +645,18 @@ def test_shifted_pixel_major_weight_gradient_keeps_no_copy_of_the_gradient():
     gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w())).astype(np.float32)
     gw = np.empty((p.K, p.C, 5, 5), np.float32)
     assert 0 < kept_workspace_after(lambda: _C.conv2d_backward_weight(p, gy, x, gw, "shifted")) <= 2**19
+
+
+def test_shifted_pixel_major_backward_data_keeps_blocks_of_its_operands():
+    # AlphaGo's input layer at batch 1: W' (the filters in tap-major order) and
+    # col^T are made a block at a time, dY^T packed a block of rows at a time; what
+    # is kept is about 1 MiB (whole, with the GEMM's own copy of W', 3.9 MB).
+    p = _conv_params(1, 48, 19, 19, 192, (2, 2, 2, 2), R=5, S=5)
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((p.K, p.C, 5, 5)).astype(np.float32)
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w())).astype(np.float32)
+    gx = np.empty((p.N, p.C, p.H, p.W), np.float32)
+    assert 0 < kept_workspace_after(lambda: _C.conv2d_backward_data(p, gy, w, gx, "shifted")) <= 1.25 * 2**20
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])

@@ -598,20 +598,120 @@ __attribute__((always_inline)) inline void add_run(T* __restrict dst, const T* _
   for (; c < n; ++c) dst[c] += src[c];
 }
 
-// Adds the rows of col^T of one image's output pixels (a row of RS runs of Cg
-// channels each) into the pixel-major planes dx_t, tap t of output pixel o at
-// pixel o + tap_shift[t]. Compiled per instruction set: in the baseline build the
-// adds ran four floats at a time, 5% of the AlphaGo 5x5 input layer's pass.
+// Adds rows m0 .. m1 of col^T (row m: pixel m of the chunk's output pixels, image
+// by image; its columns taps t0 .. t0 + taps, runs of Cg channels, row stride ld)
+// into the pixel-major planes dx_t, channels c0 .. c1 of each run: tap t of output
+// pixel o at pixel o + tap_shift[t]. Compiled per instruction set: in the
+// baseline build the adds ran four floats at a time, 5% of the AlphaGo 5x5 input
+// layer's pass.
 template <typename T>
-CONVX_SIMD_CLONES void add_pixel_rows(const ShiftedGeometry& g, const T* col, int64_t j, const int64_t* tap_shift,
-                                      int64_t RS, int64_t Cg, T* dx_t) {
-  const int64_t CRS = Cg * RS;
-  for (int64_t oh = 0; oh < g.OH; ++oh)
-    for (int64_t ow = 0; ow < g.OW; ++ow) {
-      const int64_t o = j * g.plane + oh * g.Wq + ow;
-      const T* src_row = col + ((j * g.OH + oh) * g.OW + ow) * CRS;
-      for (int64_t t = 0; t < RS; ++t) add_run(dx_t + (o + tap_shift[t]) * Cg, src_row + t * Cg, Cg);
+CONVX_SIMD_CLONES void add_pixel_rows(const ShiftedGeometry& g, const T* col, int64_t ld, int64_t m0, int64_t m1,
+                                      const int64_t* tap_shift, int64_t t0, int64_t taps, int64_t Cg, int64_t c0,
+                                      int64_t c1, T* dx_t) {
+  const int64_t L = g.OH * g.OW;
+  int64_t j = m0 / L, oh = m0 % L / g.OW, ow = m0 % g.OW;
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t o = j * g.plane + oh * g.Wq + ow;
+    const T* src_row = col + (m - m0) * ld + c0;
+    for (int64_t t = 0; t < taps; ++t)
+      add_run(dx_t + (o + tap_shift[t0 + t]) * Cg + c0, src_row + t * Cg, c1 - c0);
+    if (++ow == g.OW) {
+      ow = 0;
+      if (++oh == g.OH) oh = 0, ++j;
     }
+  }
+}
+
+// Rows m0 .. m0 + M of dY^T for the images from n0 (group gr), written straight
+// into the GEMM's packed A layout: A[i][k] = dY[n0 + m / L][gr*Kg + k][m % L] with
+// m = m0 + i. An 8-pixel strip inside one image is a run of 8 values of each
+// filter's plane, copied whole; one that crosses into the next image, or past the
+// last row (zero padding rows), goes element by element.
+template <typename T>
+void pack_grad_output_transposed(const Conv2dParams& p, const T* grad_output, int64_t gr, int64_t n0, int64_t m0,
+                                 int64_t M, T* dst) {
+  const int64_t Kg = p.filters_per_group(), L = p.out_h() * p.out_w();
+  const PackedALayout layout = gemm_packed_a_layout(M, Kg);
+  const int64_t mr = layout.mr;
+  const T* const first = grad_output + (n0 * p.K + gr * Kg) * L;  // image n0, the group's filter 0
+#pragma omp parallel for schedule(static) if (layout.padded_m * Kg > 16384 && !omp_in_parallel())
+  for (int64_t i0 = 0; i0 < layout.padded_m; i0 += mr) {
+    const int64_t m = m0 + i0;
+    const bool one_run = i0 + mr <= M && m % L + mr <= L;
+    const T* const src = first + (m / L) * p.K * L + m % L;  // filter 0's run, if one_run
+    for (int64_t k0 = 0; k0 < Kg; k0 += layout.kc) {
+      T* d = dst + layout.at(i0, k0);  // then the strip's rows k0.. follow, mr apart
+      const int64_t depth = std::min(layout.kc, Kg - k0);
+      for (int64_t k = k0; k < k0 + depth; ++k, d += mr) {
+        if (one_run && mr == 8) {  // a fixed-size copy, inlined (a call to memmove per run cost 3%)
+          T run[8];
+          std::memcpy(run, src + k * L, sizeof(run));
+          std::memcpy(d, run, sizeof(run));
+        } else if (one_run) {
+          std::copy(src + k * L, src + k * L + mr, d);
+        } else {
+          for (int64_t i = 0; i < mr; ++i)
+            d[i] = i0 + i < M ? first[((m + i) / L * p.K + k) * L + (m + i) % L] : T(0);
+        }
+      }
+    }
+  }
+}
+
+// Columns [t0 * Cg, (t0 + taps) * Cg) of W'[k][(t, c)] = W[k][c][t] (group gr),
+// written into the GEMM's packed B layout (Kg x taps*Cg): the GEMM's columns in
+// (tap, channel) order, so each pixel's row of col^T adds into the planes as runs
+// of Cg channels. kFiltersPerCopy filters at a time, each one's Cg x taps block is
+// transposed 16 x 16 at a time through registers (by whole-vector loads while they
+// stay inside the weights) into a copy, then copied into the packed strips.
+// Element by element, the packing took a sixth of the AlphaGo input layer's pass;
+// a filter at a time, the transposes' entry a twentieth.
+template <typename T>
+void pack_filter_taps(const Conv2dParams& p, const T* weight, int64_t gr, int64_t t0, int64_t taps, T* dst) {
+  constexpr int64_t kFiltersPerCopy = 16;
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), RS = p.R * p.S, cols = taps * Cg;
+#pragma omp parallel if (Kg * cols > 16384 && !omp_in_parallel())
+  {
+    Scratch<T> rows(kFiltersPerCopy * cols);
+#pragma omp for schedule(static)
+    for (int64_t k0 = 0; k0 < Kg; k0 += kFiltersPerCopy) {
+      const int64_t filters = std::min(kFiltersPerCopy, Kg - k0);
+      transpose_batch_cpu<T>(filters, Cg, taps, weight + (gr * Kg + k0) * Cg * RS + t0, Cg * RS, RS, rows.data(),
+                             cols, Cg, weight + p.weight_numel());
+      for (int64_t k = k0; k < k0 + filters; ++k) {
+        const T* row = rows.data() + (k - k0) * cols;
+        const PackedBRow packed = gemm_packed_b_row<T>(Kg, cols, k);
+        for (int64_t n0 = 0; n0 < cols; n0 += packed.nr) {
+          T* d = dst + packed.at(n0);
+          const int64_t len = std::min(packed.nr, cols - n0);
+          std::fill(std::copy(row + n0, row + n0 + len, d), d + packed.nr, T(0));  // zero the padding columns
+        }
+      }
+    }
+  }
+}
+
+// How the pixel-major backward-data cuts col^T (pixels x RS*Cg): columns in blocks
+// of `taps` whole taps, whose slice of W' (Kg x taps*Cg, packed) is made once and
+// serves every row block; rows in blocks of `rows` pixels.
+// - W' blocks of up to 512 KiB: each block reads the whole of W (a few taps of
+//   every filter), so they are few, two on the AlphaGo input layer (13 and 12
+//   taps of 25). In blocks of 3 taps W' was read nine times over, from beyond L2:
+//   a tenth of the pass.
+// - col^T blocks of about 256 KiB, a quarter of a core's L2: the GEMM writes
+//   them and the adds read them back from cache.
+struct PixelMajorBlocks {
+  int64_t taps, rows;
+};
+PixelMajorBlocks pixel_major_blocks(int64_t RS, int64_t Cg, int64_t Kg, int64_t pixels, int64_t elem_bytes) {
+  const auto even = [](int64_t n, int64_t most) {  // n in equal parts of at most `most`
+    const int64_t parts = (n + most - 1) / most;
+    return (n + parts - 1) / parts;
+  };
+  const int64_t taps = even(RS, std::clamp<int64_t>((int64_t(512) << 10) / (Kg * Cg * elem_bytes), 1, RS));
+  const int64_t most_rows = std::max<int64_t>(8, (int64_t(256) << 10) / (taps * Cg * elem_bytes));
+  const int64_t rows = std::min(pixels, (even(pixels, most_rows) + 7) / 8 * 8);
+  return {taps, rows};
 }
 
 // Backward-data with the gradient built in pixel-major planes, for layers with
@@ -625,6 +725,11 @@ CONVX_SIMD_CLONES void add_pixel_rows(const ShiftedGeometry& g, const T* col, in
 // col2im, but adding runs of Cg channels (48 for the AlphaGo input layer) where
 // col2im adds output rows (19 values). Every product is one of the direct
 // convolution's: no test for non-finite values is needed.
+// colT, W' and dY^T are made a block at a time (pixel_major_blocks): whole, they
+// and the GEMM's copy of W' took 3.6 MB on the AlphaGo input layer, where torch's
+// pass takes 1.3 MB; in blocks 0.9 MB, for 2% more time on one core (0.76 ->
+// 0.78 ms) and 6% on two. Images are still chunked as when colT was whole: LeNet's
+// second layer then runs 4% faster than before, W' made once for all chunks.
 template <typename T>
 void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
   const ShiftedGeometry g = shifted_geometry(p);
@@ -633,35 +738,51 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
   const int64_t images = images_per_chunk<T>(p, L * (CRS + Kg) + 2 * Cg * g.phases * g.plane);
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
-  Scratch<T> reordered(Kg * CRS), dy(Kg * images * L), col(images * L * CRS), planes(pixels * Cg),
-      planes_t(pixels * Cg);
+  const PixelMajorBlocks cut = pixel_major_blocks(RS, Cg, Kg, images * L, sizeof(T));
+  Scratch<T> dy_t(gemm_packed_a_size<T>(cut.rows, Kg)), filters(gemm_packed_b_size<T>(Kg, cut.taps * Cg)),
+      col(cut.rows * cut.taps * Cg), planes(pixels * Cg), planes_t(pixels * Cg);
   // Pixel-major, then transposed into planes_t. A kept pixel's taps all lie inside
   // its image's planes, so the adds need no slack past them.
   T* const dx_t = planes.data();
-  for (int64_t gr = 0; gr < p.groups; ++gr) {
-    // reordered[k][t][c] = weight[k][c][t]: the GEMM's columns in (tap, channel)
-    // order, so each pixel's row adds into the planes as RS runs of Cg channels.
-    // Each filter's Cg x RS block is transposed 16 x 16 at a time through
-    // registers, its last partial block of taps by whole-vector loads while they
-    // stay inside the weights.
-    transpose_batch_cpu<T>(Kg, Cg, RS, weight + gr * Kg * CRS, CRS, RS, reordered.data(), CRS, Cg,
-                           weight + p.weight_numel());
+  int64_t packed_group = -1, packed_t0 = -1;  // what `filters` holds now
+  for (int64_t gr = 0; gr < p.groups; ++gr)
     for (int64_t n0 = 0; n0 < p.N; n0 += images) {
       const int64_t count = std::min(images, p.N - n0);
-      copy_grad_output_rows(p, grad_output, gr, n0, count, count * L, dy.data());
-      gemm_cpu<T>(true, false, count * L, CRS, Kg, dy.data(), count * L, reordered.data(), CRS, T(0), col.data(), CRS);
       std::fill(dx_t, dx_t + pixels * Cg, T(0));
-      // Images are independent: threads take whole images, each adding its pixels
-      // and taps in one order, so the result does not depend on the thread count.
-#pragma omp parallel for schedule(static) \
-    if (count > 1 && double(L) * double(CRS) * count > 65536.0 && !omp_in_parallel())
-      for (int64_t j = 0; j < count; ++j) add_pixel_rows(g, col.data(), j, tap_shift.data(), RS, Cg, dx_t);
+      for (int64_t t0 = 0; t0 < RS; t0 += cut.taps) {
+        const int64_t taps = std::min(cut.taps, RS - t0), cols = taps * Cg;
+        if (packed_group != gr || packed_t0 != t0) {  // one block of all taps serves every chunk
+          pack_filter_taps(p, weight, gr, t0, taps, filters.data());
+          packed_group = gr, packed_t0 = t0;
+        }
+        for (int64_t m0 = 0; m0 < count * L; m0 += cut.rows) {
+          const int64_t rows = std::min(cut.rows, count * L - m0);
+          pack_grad_output_transposed(p, grad_output, gr, n0, m0, rows, dy_t.data());
+          gemm_packed_cpu<T>(rows, cols, Kg, dy_t.data(), filters.data(), col.data(), cols);
+          // Threads take whole images where the block holds several, else ranges of
+          // channels (whole vectors of them): either way each element of dx_t gets
+          // its adds in the same order as on one thread.
+          const int64_t images_here = m0 % L == 0 && rows % L == 0 ? rows / L : 1;
+          const int64_t lanes = gemm_vector_lanes<T>(), vectors = (Cg + lanes - 1) / lanes;
+          const int64_t jobs = images_here > 1 ? images_here : std::min<int64_t>(vectors, omp_get_max_threads());
+#pragma omp parallel for schedule(static) if (jobs > 1 && double(rows) * double(cols) > 65536.0 && !omp_in_parallel())
+          for (int64_t job = 0; job < jobs; ++job) {
+            if (images_here > 1) {
+              add_pixel_rows(g, col.data() + job * L * cols, cols, m0 + job * L, m0 + (job + 1) * L, tap_shift.data(),
+                             t0, taps, Cg, 0, Cg, dx_t);
+            } else {
+              const int64_t c0 = std::min(Cg, vectors * job / jobs * lanes);
+              const int64_t c1 = std::min(Cg, vectors * (job + 1) / jobs * lanes);
+              add_pixel_rows(g, col.data(), cols, m0, m0 + rows, tap_shift.data(), t0, taps, Cg, c0, c1, dx_t);
+            }
+          }
+        }
+      }
       transpose_cpu<T>(pixels, Cg, dx_t, Cg, planes_t.data(), pixels);
       for (int64_t j = 0; j < count; ++j)
         read_plane_interiors(p, g, planes_t.data(), images, j, Cg,
                              grad_input + ((n0 + j) * p.C + gr * Cg) * p.H * p.W);
     }
-  }
 }
 
 template <typename T>
