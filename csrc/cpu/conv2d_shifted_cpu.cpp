@@ -698,20 +698,28 @@ void pack_filter_taps(const Conv2dParams& p, const T* weight, int64_t gr, int64_
 //   every filter), so they are few, two on the AlphaGo input layer (13 and 12
 //   taps of 25). In blocks of 3 taps W' was read nine times over, from beyond L2:
 //   a tenth of the pass.
-// - col^T blocks of about 256 KiB, a quarter of a core's L2: the GEMM writes
-//   them and the adds read them back from cache.
+// - col^T blocks of about 256 KiB per thread, a quarter of a core's L2: the GEMM
+//   writes them and the adds read them back from cache. Where whole images fit
+//   in such a block, the rows are the chunk's images (sized with col^T whole, see
+//   backward_data_pixel_major): LeNet's second layer in blocks of 2 of its 6
+//   images ran its GEMMs and adds on one thread (too small for the team), 0.87x
+//   torch at two threads against 1.46x.
+// Where each element's adds fall does not depend on the row blocks (they go in
+// order of tap block, pixel, tap), so neither does the result.
 struct PixelMajorBlocks {
   int64_t taps, rows;
 };
-PixelMajorBlocks pixel_major_blocks(int64_t RS, int64_t Cg, int64_t Kg, int64_t pixels, int64_t elem_bytes) {
+PixelMajorBlocks pixel_major_blocks(int64_t RS, int64_t Cg, int64_t Kg, int64_t L, int64_t images,
+                                    int64_t elem_bytes) {
   const auto even = [](int64_t n, int64_t most) {  // n in equal parts of at most `most`
     const int64_t parts = (n + most - 1) / most;
     return (n + parts - 1) / parts;
   };
   const int64_t taps = even(RS, std::clamp<int64_t>((int64_t(512) << 10) / (Kg * Cg * elem_bytes), 1, RS));
-  const int64_t most_rows = std::max<int64_t>(8, (int64_t(256) << 10) / (taps * Cg * elem_bytes));
-  const int64_t rows = std::min(pixels, (even(pixels, most_rows) + 7) / 8 * 8);
-  return {taps, rows};
+  const int64_t col_bytes = (int64_t(256) << 10) * omp_get_max_threads();
+  const int64_t most_rows = std::max<int64_t>(8, col_bytes / (taps * Cg * elem_bytes));
+  if (L <= most_rows) return {taps, images * L};
+  return {taps, std::min(images * L, (even(images * L, most_rows) + 7) / 8 * 8)};
 }
 
 // Backward-data with the gradient built in pixel-major planes, for layers with
@@ -738,7 +746,7 @@ void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, cons
   const int64_t images = images_per_chunk<T>(p, L * (CRS + Kg) + 2 * Cg * g.phases * g.plane);
   const int64_t pixels = g.phases * images * g.plane;
   const std::vector<int64_t> tap_shift = row_shifts(p, g, 1, images);
-  const PixelMajorBlocks cut = pixel_major_blocks(RS, Cg, Kg, images * L, sizeof(T));
+  const PixelMajorBlocks cut = pixel_major_blocks(RS, Cg, Kg, L, images, sizeof(T));
   Scratch<T> dy_t(gemm_packed_a_size<T>(cut.rows, Kg)), filters(gemm_packed_b_size<T>(Kg, cut.taps * Cg)),
       col(cut.rows * cut.taps * Cg), planes(pixels * Cg), planes_t(pixels * Cg);
   // Pixel-major, then transposed into planes_t. A kept pixel's taps all lie inside
