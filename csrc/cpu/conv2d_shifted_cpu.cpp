@@ -665,7 +665,7 @@ void pack_grad_output_transposed(const Conv2dParams& p, const T* grad_output, in
 // transposed 16 x 16 at a time through registers (by whole-vector loads while they
 // stay inside the weights) into a copy, then copied into the packed strips.
 // Element by element, the packing took a sixth of the AlphaGo input layer's pass;
-// a filter at a time, the transposes' entry a twentieth.
+// with one transpose call per filter, the calls' OpenMP entry took a twentieth.
 template <typename T>
 void pack_filter_taps(const Conv2dParams& p, const T* weight, int64_t gr, int64_t t0, int64_t taps, T* dst) {
   constexpr int64_t kFiltersPerCopy = 16;
@@ -735,9 +735,8 @@ PixelMajorBlocks pixel_major_blocks(int64_t RS, int64_t Cg, int64_t Kg, int64_t 
 // convolution's: no test for non-finite values is needed.
 // colT, W' and dY^T are made a block at a time (pixel_major_blocks): whole, they
 // and the GEMM's copy of W' took 3.6 MB on the AlphaGo input layer, where torch's
-// pass takes 1.3 MB; in blocks 0.9 MB, for 2% more time on one core (0.76 ->
-// 0.78 ms) and 6% on two. Images are still chunked as when colT was whole: LeNet's
-// second layer then runs 4% faster than before, W' made once for all chunks.
+// pass takes 1.3 MB; in blocks 0.9 MB, for 2% more time (0.78 -> 0.79 ms on one
+// core, 0.43 -> 0.44 on two). Images are still chunked as when colT was whole.
 template <typename T>
 void backward_data_pixel_major(const Conv2dParams& p, const T* grad_output, const T* weight, T* grad_input) {
   const ShiftedGeometry g = shifted_geometry(p);
