@@ -586,6 +586,7 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (2, 32, 21, 21, 16, 5, 2, 2),  # the same from phase planes (stride 2)
     (1, 48, 19, 19, 192, 5, 1, 2),  # AlphaGo's input layer with its 192 filters: W' in blocks of taps
     (5, 48, 5, 5, 192, 5, 1, 2),   # 25 pixels per image: rows of dY^T and blocks of col^T straddle images
+    (2, 20, 9, 9, 300, 5, 1, 2),   # 300 filters: dY^T packed in two panels of the GEMM's reduction (256 + 44)
     (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
     (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded: B gathered (dropped columns 50%)
     (2, 64, 7, 7, 32, 3, 1, 1),    # small images side by side in one gathered GEMM, both forwards
