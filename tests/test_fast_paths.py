@@ -651,7 +651,7 @@ def test_shifted_pixel_major_weight_gradient_keeps_no_copy_of_the_gradient():
 def test_shifted_pixel_major_backward_data_keeps_blocks_of_its_operands():
     # AlphaGo's input layer at batch 1: W' (the filters in tap-major order) and
     # col^T are made a block at a time, dY^T packed a block of rows at a time; what
-    # is kept is about 1 MiB (whole, with the GEMM's own copy of W', 3.9 MB).
+    # is kept is about 1 MiB (whole, with the GEMM's own copy of W', 4.0 MiB).
     p = _conv_params(1, 48, 19, 19, 192, (2, 2, 2, 2), R=5, S=5)
     rng = np.random.default_rng(7)
     w = rng.standard_normal((p.K, p.C, 5, 5)).astype(np.float32)
