@@ -382,6 +382,22 @@ def test_dispatcher_takes_winograd_5x5_for_forwards_of_few_input_channels():
     assert algos(1, 48, 5, 192, 2)[0] == "shifted"   # 9 tiles of 2x2: too few
 
 
+def test_dispatcher_takes_winograd_4x4_from_16_tiles_on_wide_layers():
+    def algos(N, C, H, K):
+        p = _conv_params(N, C, H, H, K, (1,) * 4)
+        return [_C.conv2d_choose_algo(p, d) for d in ("forward", "backward_data", "backward_weight")]
+
+    f2, f4 = "winograd_2x2", "winograd_4x4"
+    assert algos(1, 192, 19, 192) == [f4, f4, f2]  # AlphaGo's body at batch 1: 25 tiles
+    assert algos(8, 512, 7, 512) == [f4, f4, f4]   # 32 tiles at 56% of F(2x2)'s products
+    assert algos(2, 256, 14, 256) == [f4, f4, f2]  # 32 tiles at 73%: F(2x2) for the weight gradient
+    assert algos(1, 128, 14, 128) == [f4, f4, f2]  # 49 2x2 tiles are enough for 16384 channel pairs
+    assert algos(4, 128, 10, 128) == [f2, f2, f2]  # 36 tiles at 81%: too few for F(4x4)
+    assert algos(16, 128, 10, 128) == [f4, f4, f4]  # 144 tiles at 81%
+    assert algos(2, 512, 7, 512) == ["shifted", "shifted", f2]  # 8 tiles, 7x7 images
+    assert algos(1, 64, 14, 64)[0] == "shifted"     # 49 2x2 tiles, 4096 channel pairs: too few
+
+
 @pytest.fixture
 def winograd_budgets():
     """Sets the Winograd workspace budgets (forward, weight gradient) for one test."""

@@ -92,22 +92,34 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // 32 -> 32 on 28x28.
   const int64_t tiles2 = p.N * ((p.out_h() + 1) / 2) * ((p.out_w() + 1) / 2);
   const int64_t tiles4 = p.N * ((p.out_h() + 3) / 4) * ((p.out_w() + 3) / 4);
-  // F(4x4) where the batch has at least one GEMM strip (48) of 4x4 tiles and its
-  // 36 products per 4x4 tile come to at most 85% of F(2x2)'s 16 per 2x2 tile (56%
-  // on 19x19, 28x28, 56x56 and 7x7; 73% on 13x13 and 14x14; 81% on 10x10). Ms on
-  // one core, F(4x4) / F(2x2), forward, backward-data, weight gradient:
-  //   192 -> 192 on 19x19 at batch 16   7.6 / 10.2   7.5 / 10.2   7.4 / 10.9
-  //                         at batch 2   1.30 / 1.43  1.32 / 1.43  1.17 / 1.43
-  //                         at batch 1   0.88 / 0.84  0.85 / 0.85  0.80 / 0.81 (25 tiles)
-  //   64 -> 64 on 14x14 at batch 32     1.73 / 2.28  1.70 / 2.26  1.92 / 2.42
-  //   128 -> 128 on 10x10 at batch 16   1.38 / 1.55  1.40 / 1.56  1.53 / 1.61
-  //   512 -> 512 on 7x7 at batch 16     14.6 / 15.4  13.9 / 15.9  16.2 / 14.8
-  //                     at batch 8      10.2 / 9.3   10.5 / 9.7   11.2 / 8.2 (32 tiles)
-  const bool four_by_four = conv2d_allow_winograd_4x4() && tiles4 >= 48 && 36 * tiles4 <= 0.85 * 16 * tiles2;
+  // F(4x4)'s 36 products per 4x4 tile against F(2x2)'s 16 per 2x2 tile: 56% on
+  // 7x7, 19x19, 28x28 and 56x56, 73% on 13x13 and 14x14, 81% on 10x10.
+  const double products_4x4 = 36.0 * double(tiles4) / (16.0 * double(tiles2));
+  // F(4x4) from 16 4x4 tiles in the batch where it does at most 75% of F(2x2)'s
+  // products, from 96 where it does up to 85%; for the weight gradient, whose
+  // F(3x3, 4x4) transforms cost more per filter, from 32 at up to 60% and 48 at
+  // up to 85%. Ms on one core, F(4x4) / F(2x2) (/ shifted), forward, backward-data,
+  // weight gradient:
+  //   192 -> 192 on 19x19 at batch 2 (50 tiles)   1.30 / 1.48   1.28 / 1.47   1.24 / 1.56
+  //                       at batch 1 (25)          0.82 / 0.83   0.81 / 0.83   0.91 / 0.86
+  //   256 -> 256 on 19x19 at batch 1 (25)          1.33 / 1.40   1.29 / 1.45   1.55 / 1.59
+  //   512 -> 512 on 7x7 at batch 8 (32)            6.3 / 7.0 / 8.3   5.4 / 7.2 / 8.3   7.0 / 7.6
+  //                     at batch 4 (16)            4.3 / 4.1 / 4.4   4.0 / 4.2 / 4.4   5.1 / 4.9
+  //   256 -> 256 on 14x14 at batch 2 (32)          1.33 / 1.55   1.23 / 1.50   1.73 / 1.60
+  //                       at batch 1 (16)          0.85 / 0.88 / 1.10   0.83 / 0.87 / 1.13   1.22 / 0.95
+  //   64 -> 64 on 14x14 at batch 8 (128)           0.45 / 0.55   0.47 / 0.57   0.51 / 0.61
+  //   128 -> 128 on 10x10 at batch 8 (72)          0.92 / 0.89   0.90 / 0.88   0.96 / 0.94
+  //                       at batch 4 (36)          0.59 / 0.49   0.59 / 0.49   0.58 / 0.51
+  // (Before the filter transform was vectorized, F(4x4) needed 48 tiles: it
+  // transforms 36 values per filter on every call, which few tiles do not repay.)
+  bool four_by_four = conv2d_allow_winograd_4x4() && products_4x4 <= 0.85 &&
+                      (tiles4 >= 96 || (tiles4 >= 16 && products_4x4 <= 0.75));
+  if (direction == Conv2dDirection::BackwardWeight)
+    four_by_four = four_by_four && (tiles4 >= 48 || (tiles4 >= 32 && products_4x4 <= 0.6));
   // Below 8x8 outputs per image, with too few tiles for F(4x4), the forward goes
   // to the shifted GEMM instead, and so does the backward-data pass where the
-  // shifted form runs it as a forward: 512 channels on 7x7 at batch 8, shifted
-  // 8.1 / 8.3 ms against the 9.3 / 9.7 above (at batch 16, 16.6 / 16.4, so F(4x4)).
+  // shifted form runs it as a forward: 512 channels on 7x7 at batch 2, shifted
+  // 2.4 / 2.5 ms against F(2x2)'s 2.4 / 2.6 (at batch 1 1.4 / 1.5 against 1.7 / 1.9).
   const bool small_images = p.out_h() * p.out_w() < 64;
   bool winograd_wins = true;
   switch (direction) {
@@ -127,7 +139,11 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
       winograd_wins = four_by_four || p.C * p.K >= 16384;
       break;
   }
-  if (conv2d_winograd_applies(p, 4) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && tiles2 >= 64 && winograd_wins)
+  // Winograd needs 64 2x2 tiles, or 32 on layers of 16384+ channel pairs, whose
+  // GEMMs repay the transforms sooner (ms on one core, F(4x4) / shifted, 49
+  // tiles, forward: 128 -> 128 on 14x14 0.26 / 0.29, 64 -> 64 0.11 / 0.08).
+  const bool enough_tiles = tiles2 >= 64 || (tiles2 >= 32 && p.C * p.K >= 16384);
+  if (conv2d_winograd_applies(p, 4) && p.C >= 16 && p.K >= 16 && p.C * p.K >= 4096 && enough_tiles && winograd_wins)
     return four_by_four ? Conv2dAlgo::Winograd4x4 : Conv2dAlgo::Winograd2x2;
   // F(2x2, 5x5): 36 products for 4 outputs of a 5x5 filter, 2.8x fewer multiplies
   // than the GEMM over the taps, but an input transform per 2x2 tile and input
