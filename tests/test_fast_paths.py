@@ -202,6 +202,7 @@ WINOGRAD_LAYERS = [
     (2, 16, 9, 14, 16, (2, 1, 0, 3)),    # asymmetric padding
     (1, 16, 5, 6, 32, (3, 3, 1, 1)),     # padding > 2: negative padding in backward-data
     (1, 192, 19, 19, 192, (1, 1, 1, 1)),  # the AlphaGo body at batch 1
+    (1, 19, 11, 10, 13, (1, 1, 1, 1)),   # channels not a multiple of 8: partial filter chunks
 ]
 
 
