@@ -152,6 +152,9 @@ digest(*tensors((6, 16, 21, 21), (32, 16, 5, 5), (32,)), ("shifted",), (2, 2))
 # filters in two blocks of taps; then blocks of pixels that straddle two images
 digest(*tensors((1, 48, 19, 19), (192, 48, 5, 5), (192,)), ("shifted",), (2, 2))
 digest(*tensors((3, 48, 9, 9), (192, 48, 5, 5), (192,)), ("shifted",), (2, 2))
+# Winograd on one small image of a wide layer: few tiles, products split over
+# threads because of their GEMMs' size
+digest(*tensors((1, 96, 14, 14), (96, 96, 3, 3), (96,)), ("winograd_2x2", "winograd_4x4"), (2, 2))
 print(h.hexdigest())
 """
 

@@ -121,6 +121,19 @@ WinogradBlocking winograd_blocking(int64_t xi, int64_t C, int64_t K, int64_t til
   return {slice, slices, rows};
 }
 
+// Whether a block of `tiles` tiles with C input channels and a slice of `slice`
+// filters is worth splitting across threads: by its transforms ((C + slice) x
+// tiles values, the test before the GEMM term was added) or by its GEMMs (kXi x
+// slice x C x tiles multiply-adds; 512K of them take about 4 us on one core).
+// The GEMM term takes small batches of wide layers to all cores; F(4x4) on two
+// cores, ms without / with it: the AlphaGo body at batch 1 0.78 / 0.43, 256
+// channels on 14x14 at batch 1 0.78 / 0.46, 512 on 7x7 at batch 4 3.4 / 2.1,
+// 64 on 14x14 at batch 8 0.45 / 0.25, 24 on 19x19 at batch 2 0.067 / 0.041.
+bool worth_threads(int64_t xi, int64_t C, int64_t slice, int64_t tiles) {
+  return double(C + slice) * double(tiles) > 16384.0 ||
+         double(xi) * double(slice) * double(C) * double(tiles) > double(1 << 19);
+}
+
 // Whether the input transform fetches the next channel's rows ahead: only for
 // inputs larger than a core's L2 (1 MB on Zen 5), which the earlier channels'
 // transforms do not leave cached. Measured on one core: 64 channels at 56x56 at
@@ -647,7 +660,7 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, boo
   // Uninitialized: every element is written before it is read.
   Scratch<T> U(kXi * gemm_packed_a_size<T>(cut.slice, C)), V(kXi * gemm_packed_b_size<T>(C, max_tiles)),
       M(kXi * cut.slice * max_tiles);
-  const bool parallel = double(C + cut.slice) * double(max_tiles) > 16384.0;
+  const bool parallel = worth_threads(kXi, C, cut.slice, max_tiles);
   const bool prefetch = prefetch_input(sh.N * C * sh.H * sh.W * int64_t(sizeof(T)));
   // With several slices and several blocks, one of U and V is made more than
   // once: slices outside repeat the input transform (C x tiles per extra
@@ -924,7 +937,7 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
   const int64_t max_tiles = rows_per_block * tw;
   Scratch<T> X(kXi * C * max_tiles), Y(kXi * cut.slice * max_tiles), P(kXi * cut.slice * C);
   const bool prefetch = prefetch_input(p.N * C * p.H * p.W * int64_t(sizeof(T)));
-  const bool parallel = double(C + cut.slice) * double(max_tiles) > 16384.0;
+  const bool parallel = worth_threads(kXi, C, cut.slice, max_tiles);
   int64_t x_block = -1;  // the block X holds now (with one block, made once for all slices)
 
   // Slices outside: P accumulates a slice's products over every block.
