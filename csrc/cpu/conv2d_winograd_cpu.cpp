@@ -507,7 +507,6 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
   // Each patch row is read from a zero-padded copy of the image row, so the
   // gather below has no bounds tests: span = the tw tiles' columns plus overlap.
   const int64_t span = tw * kTile + (kPatch - kTile);
-  T* padded = e;  // e is free until the first transform; kXi * tiles >= span
   using Gather = PatchGather<F, T>;
   const int64_t pitch = Gather::pitch(tiles);
   typename Gather::Mask masks[kPatch];
@@ -525,8 +524,17 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
         if (h >= 0 && h < H)
           for (int64_t x = 0; x < W; x += 64 / int64_t(sizeof(T))) __builtin_prefetch(plane + H * W + h * W + x);
       }
+    // All kPatch rows are copied before any is gathered: the gather loads whole
+    // vectors over values just stored one at a time, and a load that spans
+    // several pending stores waits until they are written to the cache (copied
+    // and gathered row by row, AlphaGo's 5x5 input layer's backward-data by
+    // F(2x2, 5x5) took 0.80 ms on one core, 0.76 ms this way).
+    // The rows go to e, free until the first transform: kPatch rows of span plus
+    // two vectors of slack fit in its kXi * (tiles + one vector), as tiles >= tw.
+    const int64_t row_pitch = span + 2 * Gather::kLanes;
     for (int64_t u = 0; u < kPatch; ++u) {
       const int64_t h = tr * kTile - pad_top + u;
+      T* padded = e + u * row_pitch;
       // columns x of the span read image column x - pad_left
       const int64_t x_lo = std::clamp<int64_t>(pad_left, 0, span), x_hi = std::clamp<int64_t>(W + pad_left, x_lo, span);
       if (h < 0 || h >= H) {
@@ -540,9 +548,12 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
         for (int64_t x = x_lo; x < x_hi; ++x) to[x] = from[x];
         std::fill(padded + x_hi, padded + span, T(0));
       }
+    }
+    for (int64_t u = 0; u < kPatch; ++u) {
+      const T* padded = e + u * row_pitch;
       // Whole vectors are stored: lanes past the row's tiles land on tiles of
       // the next tile row (written after this one) or in the row's pitch slack;
-      // the loads may read past the span, into e's slack (those lanes unused).
+      // the loads may read past the span, into the row's slack (those lanes unused).
       for (int64_t j0 = 0; j0 < tw; j0 += Gather::kChunk) {
         typename Gather::Vec lo, hi;
         std::memcpy(&lo, padded + j0 * kTile, sizeof(lo));
