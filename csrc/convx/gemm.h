@@ -40,8 +40,10 @@ constexpr int64_t gemm_micro_tile_cols() {
 
 // Pre-packed operands, for callers that write A and B straight into the layouts
 // the micro-kernel reads (Winograd's transforms do both, and reuse A across all
-// tile blocks), skipping gemm_cpu's packing copies. Sizes are in elements; a packed B
-// buffer must be zero wherever no element was written (its padding columns).
+// tile blocks), skipping gemm_cpu's packing copies. Sizes are in elements. In a
+// packed B, the micro-kernel reads the last strip only up to its last whole
+// vector: those padding columns (from N up to N rounded up to a vector) must be
+// written as zero; the ones past them are never read.
 template <typename T>
 int64_t gemm_packed_a_size(int64_t M, int64_t K);
 template <typename T>
