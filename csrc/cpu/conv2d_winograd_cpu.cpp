@@ -499,6 +499,14 @@ struct PatchGather {
   static int64_t scratch_size(int64_t tiles) { return F::kXi * pitch(tiles) + 2 * kLanes; }
 };
 
+// Tiles rounded up to whole vectors (16 floats, 8 doubles): the row pitch of the
+// transforms' scratch, so that they run with no scalar remainder loops.
+template <typename T>
+int64_t vector_tiles(int64_t tiles) {
+  constexpr int64_t kLanes = 64 / int64_t(sizeof(T));
+  return (tiles + kLanes - 1) / kLanes * kLanes;
+}
+
 // The input transform of one channel over the tiles of a block: gather the
 // patches lane by lane (d[u][v][t]), then B^T d over u (into e), then (.) B over v,
 // as vector operations across tiles; the result for position xi and tile t goes
@@ -580,7 +588,7 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
   // With 100 tiles (the 19x19 board in 2x2 tiles), the 4-tile remainders ran as
   // scalar loops, and zeroing the padding with a fill per channel and position
   // took another 9% of a backward-data pass of AlphaGo's input layer.
-  const int64_t vec_tiles = (tiles + Gather::kLanes - 1) / Gather::kLanes * Gather::kLanes;
+  const int64_t vec_tiles = vector_tiles<T>(tiles);
   if (vec_tiles > tiles) {
     const typename Gather::Vec zero{};
     for (int64_t r = 0; r < F::kXi; ++r) std::memcpy(d + r * pitch + tiles, &zero, sizeof(zero));  // pitch slack
@@ -599,14 +607,6 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
     for (int64_t i = 0; i < kPatch; ++i)
       F::input_rows(e + i * kPatch * vec_tiles + t0, vec_tiles, strip + i * kPatch * out_stride, out_stride, n);
   }
-}
-
-// Tiles rounded up to whole vectors (16 floats, 8 doubles): the row pitch of the
-// transforms' scratch, so that they run with no scalar remainder loops.
-template <typename T>
-int64_t vector_tiles(int64_t tiles) {
-  constexpr int64_t kLanes = 64 / int64_t(sizeof(T));
-  return (tiles + kLanes - 1) / kLanes * kLanes;
 }
 
 // The output transform of one filter over the tiles of a block: m[xi * m_stride + t]
