@@ -384,6 +384,45 @@ CONVX_SIMD_CLONES void pack_b_strip(bool trans_b, const T* B, int64_t ldb, int64
   }
 }
 
+// Packs B[p0:p0+kc, j0:j0+ncols] (row-major, not transposed) into consecutive
+// kc x NR strips, the last zero-padded in n: row by row, each row's ncols values
+// read in one pass.
+template <typename T>
+CONVX_SIMD_CLONES void pack_b_panel(const T* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t ncols,
+                                    T* dst) {
+  constexpr int64_t NR = kNR<T>;
+  const int64_t full = ncols / NR, tail = ncols - full * NR;
+  for (int64_t p = 0; p < kc; ++p) {
+    const T* src = B + (p0 + p) * ldb + j0;
+    T* d = dst + p * NR;
+    for (int64_t s = 0; s < full; ++s) std::memcpy(d + s * NR * kc, src + s * NR, NR * sizeof(T));
+    if (tail) {
+      T* dt = d + full * NR * kc;
+      for (int64_t j = 0; j < tail; ++j) dt[j] = src[full * NR + j];
+      for (int64_t j = tail; j < NR; ++j) dt[j] = T(0);
+    }
+  }
+}
+
+// A row-major B (K x N, row stride ldb), packed several strips at a time:
+// gemm_one_a_block calls panel() for kPanelStrips strips side by side. Strip by
+// strip, the packing reads NR values (192 bytes) from each of kc rows ldb apart,
+// and when those rows are far apart (a 1x1 layer's image: 256 channels of 3136
+// pixels, 12 KiB apart) every read waits on memory with few others in flight.
+// Row by row across the panel, each read is kPanelStrips * NR values long, which
+// the hardware prefetchers can stream.
+template <typename T>
+struct RowMajorB {
+  const T* B;
+  int64_t ldb;
+  void operator()(int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) const {
+    pack_b_strip<T>(false, B, ldb, p0, kc, j0, nr, dst);
+  }
+  void panel(int64_t j0, int64_t ncols, int64_t p0, int64_t kc, T* dst) const {
+    pack_b_panel<T>(B, ldb, p0, kc, j0, ncols, dst);
+  }
+};
+
 }  // namespace
 
 namespace {
@@ -425,6 +464,18 @@ struct IsInPlaceA<InPlaceSegmentedA<T>> {
   static constexpr bool value = true;
 };
 
+// How many strips of B gemm_one_a_block packs at once: kPanelStrips for a packer
+// with panel() (8 strips of 256 x 48 floats: 384 KiB, well inside L2), else one.
+constexpr int64_t kPanelStrips = 8;
+template <typename PackB, typename = void>
+struct StripsPerPack {
+  static constexpr int64_t value = 1;
+};
+template <typename PackB>
+struct StripsPerPack<PackB, std::void_t<decltype(&PackB::panel)>> {
+  static constexpr int64_t value = kPanelStrips;
+};
+
 // One micro-kernel of the blocked loops: the C tile at row i, column j from
 // A's strip (at a_packed, or where A lies when PackA is an InPlaceA) and the
 // packed B strip b, over the K block from pc.
@@ -451,7 +502,8 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
   constexpr bool kInPlaceA = IsInPlaceA<PackA>::value;
   constexpr int64_t NR = kNR<T>;
   const int64_t kc_max = std::min(kKC, K);
-  const int64_t m_strips = (M + kMR - 1) / kMR, n_strips = (N + NR - 1) / NR;
+  constexpr int64_t G = StripsPerPack<PackB>::value;
+  const int64_t m_strips = (M + kMR - 1) / kMR, n_strips = (N + NR - 1) / NR, n_groups = (n_strips + G - 1) / G;
   const bool prefetch_c = prefetch_c_tiles<T>(M, N);
   Scratch<T> a_packed(kInPlaceA ? 0 : m_strips * kMR * kc_max);
   for (int64_t pc = 0; pc < K; pc += kKC) {
@@ -468,15 +520,21 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
         for (int64_t is = 0; is < m_strips; ++is)
           pack_a(is * kMR, std::min(kMR, M - is * kMR), pc, kc, ap + is * kMR * kc);
       }
-      Scratch<T> b_strip(NR * kc_max);
+      Scratch<T> b_strips(G * NR * kc_max);
 #pragma omp for schedule(static)
-      for (int64_t js = 0; js < n_strips; ++js) {
-        const int64_t j = js * NR;
-        pack_b(j, std::min(NR, N - j), pc, kc, b_strip.data());
-        const PackedStrip<T> b{b_strip.data()};
-        for (int64_t is = 0; is < m_strips; ++is) {
-          const int64_t i = is * kMR;
-          run_tile<T>(pack_a, ap + is * kMR * kc, b, M, N, i, j, pc, kc, C, ldc, accumulate, prefetch_c);
+      for (int64_t jg = 0; jg < n_groups; ++jg) {
+        const int64_t j0 = jg * G * NR, strips = std::min(G, n_strips - jg * G);
+        if constexpr (G > 1)
+          pack_b.panel(j0, std::min(G * NR, N - j0), pc, kc, b_strips.data());
+        else
+          pack_b(j0, std::min(NR, N - j0), pc, kc, b_strips.data());
+        for (int64_t s = 0; s < strips; ++s) {
+          const int64_t j = j0 + s * NR;
+          const PackedStrip<T> b{b_strips.data() + s * NR * kc};
+          for (int64_t is = 0; is < m_strips; ++is) {
+            const int64_t i = is * kMR;
+            run_tile<T>(pack_a, ap + is * kMR * kc, b, M, N, i, j, pc, kc, C, ldc, accumulate, prefetch_c);
+          }
         }
       }
     }
@@ -520,9 +578,15 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
       const bool parallel = static_cast<double>(M) * nc * kc > 1048576.0;
 #pragma omp parallel if ((parallel) && !omp_in_parallel())
       {
+        constexpr int64_t G = StripsPerPack<PackB>::value;
 #pragma omp for schedule(static)
-        for (int64_t js = 0; js < n_strips; ++js)
-          pack_b(jc + js * NR, std::min(NR, nc - js * NR), pc, kc, bp + js * NR * kc);
+        for (int64_t jg = 0; jg < (n_strips + G - 1) / G; ++jg) {
+          const int64_t js = jg * G;
+          if constexpr (G > 1)
+            pack_b.panel(jc + js * NR, std::min(G * NR, nc - js * NR), pc, kc, bp + js * NR * kc);
+          else
+            pack_b(jc + js * NR, std::min(NR, nc - js * NR), pc, kc, bp + js * NR * kc);
+        }
         for (int64_t ic = 0; ic < M; ic += kMC) {
           const int64_t mc = std::min(kMC, M - ic);
           const int64_t m_strips = (mc + kMR - 1) / kMR;
@@ -548,11 +612,15 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
 template <typename T>
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
               const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const auto pack_a = [=](int64_t i0, int64_t mr, int64_t p0, int64_t kc, T* dst) {
+    pack_a_strip(trans_a, A, lda, i0, mr, p0, kc, dst);
+  };
+  if (!trans_b) {
+    gemm_blocked<T>(M, N, K, pack_a, RowMajorB<T>{B, ldb}, beta, C, ldc);
+    return;
+  }
   gemm_blocked<T>(
-      M, N, K,
-      [=](int64_t i0, int64_t mr, int64_t p0, int64_t kc, T* dst) {
-        pack_a_strip(trans_a, A, lda, i0, mr, p0, kc, dst);
-      },
+      M, N, K, pack_a,
       [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {
         pack_b_strip(trans_b, B, ldb, p0, kc, j0, nr, dst);
       },
