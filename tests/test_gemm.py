@@ -3,8 +3,10 @@
 Sizes straddle the blocking parameters (8-row micro-tiles, 16/8-column vectors,
 KC = 256, MC = 192, NC = 4080; 16 x 16 register transposes when packing an
 operand stored along the reduction) so every edge-tile path runs. An A of at most
-MC rows packs B one strip at a time, a taller one in panels of NC columns: both
-run with several KC steps, past NC columns, and on the thread team.
+MC rows packs B as it goes (a transposed B one strip at a time, a plain one eight
+strips at a time, row by row), a taller one in panels of NC columns: all run with
+several KC steps, past NC columns, with a partial last group of strips, and on
+the thread team.
 """
 import numpy as np
 import pytest
