@@ -441,8 +441,9 @@ struct IsInPlaceA<InPlaceSegmentedA<T>> {
   static constexpr bool value = true;
 };
 
-// How many strips of B gemm_one_a_block packs at once: kPanelStrips for a packer
-// with panel() (8 strips of 256 x 48 floats: 384 KiB, well inside L2), else one.
+// How many strips of B the blocked loops pack at once (at most, in
+// gemm_one_a_block): kPanelStrips for a packer with panel() (8 strips of
+// 256 x 48 floats: 384 KiB, well inside L2), else one.
 constexpr int64_t kPanelStrips = 8;
 template <typename PackB, typename = void>
 struct StripsPerPack {
@@ -482,8 +483,9 @@ inline void run_tile(const PackA& pack_a, const T* a_packed, PackedStrip<T> b, i
 // packed just before its micro-kernels run, into a per-thread buffer of one strip
 // (kc x NR, 48 KiB for float: it stays in L1 for them) or of the StripsPerPack
 // strips packed together (384 KiB: L2), instead of a panel of NC strips (4 MiB,
-// most of a small layer's workspace) packed ahead and read back from L2/L3. The micro-kernel calls are those of the panel loop, on the same
-// data in the same reduction order, so C comes out the same. Measured on one
+// most of a small layer's workspace) packed ahead and read back from L2/L3. The
+// micro-kernel calls are those of the panel loop, on the same data in the same
+// reduction order, so C comes out the same. Measured on one
 // core: LeNet's second layer forward 8-15% faster, its workspace 4 MiB smaller.
 template <typename T, typename PackA, typename PackB>
 void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T beta, T* C, int64_t ldc) {
@@ -499,7 +501,7 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
     const bool accumulate = pc > 0 || beta != T(0);
     T* ap = a_packed.data();
     // Small products are not worth waking the thread team; threads take whole
-    // strips of B, so there must be a few per thread.
+    // groups of strips of B, so there must be a few strips per thread.
     const bool parallel = static_cast<double>(M) * N * kc > 1048576.0 && n_strips >= 4;
     // Strips packed together: up to G, in a number of groups the threads share
     // evenly. In groups of 8, 9 strips (64 x 400 x 576) left one of two threads
