@@ -518,6 +518,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("_winograd_set_budgets", &conv2d_winograd_set_budgets, py::arg("forward_bytes"), py::arg("weight_bytes"),
         "Test seam: the Winograd workspace budgets in bytes (forward and backward-data, weight gradient); "
         "<= 0 keeps one. Returns the previous pair.");
+  m.def("_gemm_abt_uses_dot_products", &gemm_abt_uses_dot_products, py::arg("m"), py::arg("n"),
+        "Test seam: whether an M x N product of row tables (the shifted-plane weight gradient) runs as dot "
+        "products rather than the packed GEMM.");
   m.def("simd_level", &simd_level, "Instruction set the SIMD kernels use on this CPU.");
   m.def("max_threads", &max_threads, "OpenMP threads a kernel started from this thread uses.");
   // ---- benchmark support: the machine's FP32 peak and the thread count at run time ----

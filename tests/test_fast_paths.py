@@ -609,6 +609,7 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     (2, 64, 7, 7, 32, 3, 1, 1),    # small images side by side in one gathered GEMM, both forwards
     (3, 30, 9, 9, 20, 3, 2, 1),    # gathered from phase planes
     (12, 64, 20, 20, 4, 5, 1, 0),  # gathered in three chunks of images
+    (6, 25, 13, 13, 50, 3, 1, 0),  # the digits CNN's second layer: its weight gradient over pixel-major planes
 ])
 def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, pad):
     p = _conv_params(N, C, H, W, K, (pad,) * 4, R=R, S=R, stride=stride)
@@ -626,11 +627,24 @@ def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, p
        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), seed=st.integers(0, 2**16))
 def test_shifted_pixel_major_forms_match_direct(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation, seed):
     # The GEMMs over pixel-major planes, with their own offsets for every stride,
-    # dilation, padding and group: the weight gradient above 16384 entries per group
+    # dilation, padding and group: the weight gradient above 10000 entries per group
     # (here 48 x 40 x 9 at least), and backward-data with 16+ channels and 400+ taps
     # where the flipped forward does not apply (any stride but 1, or pads past the
     # filter's reach; with 64+ channels and stride 1 the flipped forward runs).
     _shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation, seed)
+
+
+@pytest.mark.parametrize("K,C,R,dot_products", [
+    (64, 3, 7, True),    # the 7x7 stem, 64 x 147 entries: 0.95-0.97x torch as dot products, 0.68x as the GEMM
+    (50, 25, 3, False),  # the digits CNN's second layer, 50 x 225: 0.84-0.91x as dot products, 1.09-1.15x as the GEMM
+    (100, 100, 1, True),  # 10000 entries, the last count on dot products
+    (10001, 1, 1, False),
+])
+def test_shifted_weight_gradient_form_follows_the_measured_cutoff(K, C, R, dot_products):
+    # The weight gradient's two forms (dot products over whole chunks of images, or
+    # the packed GEMM over pixel-major planes) swap at 10000 entries per group, where
+    # the measurements in the comment of gemm_abt_uses_dot_products put the crossing.
+    assert _C._gemm_abt_uses_dot_products(K, C * R * R) is dot_products
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward_data", "backward_weight"])

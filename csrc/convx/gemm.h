@@ -21,7 +21,7 @@ void gemm_abt_small_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda
 
 // The same with rows given by pointers: A[m][k] = A_rows[m][k], B[n][k] = B_rows[n][k].
 // Rows may overlap (the shifted-plane weight gradient points many B rows into one
-// image at different offsets). Up to 16384 outputs it runs as dot products, beyond
+// image at different offsets). Up to 10000 outputs it runs as dot products, beyond
 // as the packed GEMM.
 template <typename T>
 void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, const T* const* B_rows, T beta, T* C,

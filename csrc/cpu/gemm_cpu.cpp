@@ -976,9 +976,12 @@ CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* const* a_rows,
 // every kChunk terms: beyond some 10^4 outputs that traffic and the 10 loads per
 // 24 FMAs lose to the packed GEMM, transposing packs and all. Measured on one
 // core for the shifted-plane weight gradient: a 7x7 stem's 64 x 147 outputs run
-// 10% faster as dot products, 64 x 576 (3x3, 64 channels) 15% slower.
+// 10% faster as dot products (Zen 5; on the Xeon 0.95-0.97x torch, against 0.68x
+// as the GEMM), 64 x 576 (3x3, 64 channels) 15% slower, and the digits CNN's
+// 25 -> 50 3x3 layer's 50 x 225 at 0.84-0.91x torch, against 1.09-1.15x as the
+// GEMM (Xeon, interleaved runs).
 bool gemm_abt_uses_dot_products(int64_t M, int64_t N) {
-  constexpr int64_t kDotProductMaxOutputs = 16384;
+  constexpr int64_t kDotProductMaxOutputs = 10000;
   return M * N <= kDotProductMaxOutputs;
 }
 
