@@ -376,7 +376,10 @@ def test_dispatcher_takes_winograd_5x5_for_forwards_of_few_input_channels():
         p = _conv_params(N, C, H, H, K, (pad,) * 4, R=5, S=5)
         return [_C.conv2d_choose_algo(p, d) for d in ("forward", "backward_data", "backward_weight")]
 
-    assert algos(1, 48, 19, 192, 2) == ["winograd_2x2", "shifted", "shifted"]  # AlphaGo's input layer
+    assert algos(16, 48, 19, 192, 2) == ["winograd_2x2", "shifted", "shifted"]  # AlphaGo's input layer
+    assert algos(3, 48, 19, 192, 2)[0] == "winograd_2x2"  # 300 tiles of 2x2
+    assert algos(2, 48, 19, 192, 2)[0] == "shifted"  # 200: its 4x larger workspace buys no speed
+    assert algos(1, 48, 19, 192, 2)[0] == "shifted"
     assert algos(8, 32, 28, 64, 2)[0] == "winograd_2x2"
     assert algos(64, 20, 12, 50, 0)[0] == "shifted"  # LeNet's second layer: too few input channels
     assert algos(8, 64, 28, 32, 2)[0] == "shifted"   # fewer filters than input channels

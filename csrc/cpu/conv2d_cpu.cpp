@@ -157,8 +157,13 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // Its backward-data transforms the K side's channels (192 for AlphaGo's layer:
   // 0.94 / 0.78 ms) and its weight gradient was no faster than the shifted GEMM's
   // (0.77 / 0.76 ms), so those stay with the rules below.
+  // It needs 256 tiles: on fewer its workspace outweighs the gain. AlphaGo's input
+  // layer at batch 1 (100 tiles) takes 5.3 MB with it, 0.6 MB with the shifted
+  // GEMM, 1.3 MB in torch; the filter transform, once per call, is 18% of its
+  // time; and on the Xeon the two run level there (1.65-1.70 ms each, torch
+  // 1.49-1.52, interleaved), on the Zen 5 F(2x2, 5x5) won (the table above).
   if (direction == Conv2dDirection::Forward && p.R == 5 && conv2d_winograd_applies(p, 2) && p.C >= 32 &&
-      p.K >= p.C && tiles2 >= 64)
+      p.K >= p.C && tiles2 >= 256)
     return Conv2dAlgo::Winograd2x2;
   // A 1x1 layer's GEMM reads the image itself (no im2col): nothing to save.
   if (is_pointwise(p)) return Conv2dAlgo::Im2col;
