@@ -386,6 +386,19 @@ def test_dispatcher_takes_winograd_5x5_for_forwards_of_few_input_channels():
     assert algos(1, 48, 5, 192, 2)[0] == "shifted"   # 9 tiles of 2x2: too few
 
 
+def test_dispatcher_takes_the_scatter_backward_data_where_an_image_fits_the_cache():
+    def backward_data(N, C, H, K, R, stride, pad):
+        p = _conv_params(N, C, H, H, K, (pad,) * 4, R=R, S=R, stride=stride)
+        return _C.conv2d_choose_algo(p, "backward_data")
+
+    assert backward_data(64, 1, 28, 20, 5, 1, 0) == "shifted"   # LeNet's first layer: 124 KB an image
+    assert backward_data(64, 25, 13, 50, 3, 1, 0) == "shifted"  # the digits CNN's second layer
+    assert backward_data(8, 3, 32, 64, 3, 1, 1) == "shifted"    # 3 -> 64 on 32x32: 410 KB an image
+    assert backward_data(8, 3, 224, 64, 7, 2, 3) == "im2col"    # the 7x7 stem: 10.9 MB an image
+    assert backward_data(1, 3, 224, 64, 3, 1, 1) == "im2col"    # 3 -> 64 on 224x224
+    assert backward_data(8, 3, 32, 65, 3, 1, 1) == "im2col"     # 65 filters: the scatter's GEMM too wide
+
+
 def test_dispatcher_takes_winograd_4x4_from_16_tiles_on_wide_layers():
     def algos(N, C, H, K):
         p = _conv_params(N, C, H, H, K, (1,) * 4)

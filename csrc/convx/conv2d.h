@@ -103,6 +103,9 @@ void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* 
 // else a scatter of W^T dY (any stride: its GEMM has C*R*S rows).
 bool conv2d_shifted_backward_data_flips(const Conv2dParams& p);
 bool conv2d_shifted_backward_data_pixel_major(const Conv2dParams& p);
+// Whether one image's buffers for the scatter (its col, wide dY and planes) fit
+// the 1 MiB in which the shifted kernels take their images.
+bool conv2d_shifted_backward_data_scatter_fits(const Conv2dParams& p);
 // Returns false, having written nothing meaningful, when it would have to take the
 // scatter form with a weight that is not finite (see conv2d_shifted_cpu.cpp); the
 // caller then uses im2col.

@@ -175,9 +175,13 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   //  - backward data: as the forward of the flipped filters, ahead when they have
   //    64+ outputs (64 channels at 56x56: 1.01x / 0.76x); as a scatter of W^T dY,
   //    ahead with up to 64 filters (digits layers 4.6x / 3.3x and 1.17x / 0.90x,
-  //    LeNet 6.8x / 6.3x and 1.11x / 1.00x, stem 3.5x / 3.1x), behind with more,
-  //    where its wider GEMM costs more than col2im saves (48 -> 192 5x5 on 19x19:
-  //    0.59x / 0.85x); as the GEMM over pixel-major planes, ahead on layers of 16+
+  //    LeNet 6.8x / 6.3x and 1.11x / 1.00x), behind with more, where its wider
+  //    GEMM costs more than col2im saves (48 -> 192 5x5 on 19x19: 0.59x / 0.85x),
+  //    and where an image's col, dY and planes overflow the cache (the 7x7 stem's
+  //    10.9 MB: 3.5x / 3.1x on the Zen 5, but 1.7-1.8x / 3.0-3.1x on the Xeon,
+  //    whose memory is slow, and 1.7-1.9x / 2.6-2.7x at two threads; made in
+  //    bands that stay in L2 it was level with im2col at one thread, but its adds
+  //    run on one thread); as the GEMM over pixel-major planes, ahead on layers of 16+
   //    channels and 400+ taps (the same layer: 0.80 / 0.85 ms);
   //  - weight gradient: ahead on every layer measured. Up to 10000 entries as dot
   //    products (stem 1.08x / 0.66x, digits layers 1.6x / 1.3x; the second, 50 x
@@ -195,7 +199,7 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
     case Conv2dDirection::Forward: return Conv2dAlgo::Shifted;
     case Conv2dDirection::BackwardData:
       return conv2d_shifted_backward_data_flips(p) || conv2d_shifted_backward_data_pixel_major(p) ||
-                     p.filters_per_group() <= 64
+                     (p.filters_per_group() <= 64 && conv2d_shifted_backward_data_scatter_fits(p))
                  ? Conv2dAlgo::Shifted
                  : Conv2dAlgo::Im2col;
     case Conv2dDirection::BackwardWeight: return Conv2dAlgo::Shifted;

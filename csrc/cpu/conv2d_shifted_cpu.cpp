@@ -183,9 +183,10 @@ void widen_plane(const ShiftedGeometry& g, const T* src, T* dst) {
 // the first layer drops from 6.1x to 4.5x (threads share fewer images per
 // chunk), the rest within 4%. 512 KiB was no faster on one core and lost up to
 // 13% on two.
+constexpr double kChunkBytes = 1.0 * 1024 * 1024;
+
 template <typename T>
 int64_t images_per_chunk(const Conv2dParams& p, int64_t elements_per_image) {
-  constexpr double kChunkBytes = 1.0 * 1024 * 1024;
   const double filter_bytes = double(p.filters_per_group() * p.channels_per_group() * p.R * p.S) * sizeof(T);
   const double target = std::max(kChunkBytes, filter_bytes);
   return std::clamp<int64_t>(int64_t(target / (double(elements_per_image) * sizeof(T))), 1, p.N);
@@ -346,6 +347,14 @@ bool conv2d_shifted_backward_data_flips(const Conv2dParams& p) {
 // short (LeNet's first layer, one channel: 1.80 / 0.53 / 0.57).
 bool conv2d_shifted_backward_data_pixel_major(const Conv2dParams& p) {
   return p.channels_per_group() >= 16 && p.channels_per_group() * p.R * p.S >= 400 && planes_are_sensible(p);
+}
+
+bool conv2d_shifted_backward_data_scatter_fits(const Conv2dParams& p) {
+  const ShiftedGeometry g = shifted_geometry(p);
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
+  // One image's col, wide dY and planes, as backward_data_scatter sizes its chunks.
+  const double image = double(CRS + Kg) * double(g.wide) + double(Cg * g.phases * g.plane + g.slack);
+  return image * sizeof(float) <= kChunkBytes;
 }
 
 template <typename T>
