@@ -184,12 +184,12 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   //    run on one thread); as the GEMM over pixel-major planes, ahead on layers of 16+
   //    channels and 400+ taps (the same layer: 0.80 / 0.85 ms);
   //  - weight gradient: ahead on every layer measured. Up to 10000 entries as dot
-  //    products (stem 1.08x / 0.66x, digits layers 1.6x / 1.3x; the second, 50 x
-  //    225 entries, 1.09-1.15x torch beyond, against 0.84-0.91x as dot products,
-  //    on the Xeon), beyond as the GEMM over pixel-major planes (ms, shifted /
-  //    im2col: LeNet's second layer 1.24 / 2.17, 48 -> 192 5x5 on 19x19 0.74 /
-  //    0.84, 64 -> 64 on 56x56 9.1 / 12.4, 512 channels on 7x7 8.5 / 9.2,
-  //    3 -> 256 7x7 stride 2 3.7 / 3.7).
+  //    products (stem 1.08x / 0.66x, the digits CNN's first layer 1.6x / 1.3x),
+  //    beyond as the GEMM over pixel-major planes (the digits CNN's second layer,
+  //    50 x 225 entries: 1.09-1.15x torch on the Xeon, 0.84-0.91x as dot
+  //    products; ms, shifted / im2col: LeNet's second layer 1.24 / 2.17,
+  //    48 -> 192 5x5 on 19x19 0.74 / 0.84, 64 -> 64 on 56x56 9.1 / 12.4,
+  //    512 channels on 7x7 8.5 / 9.2, 3 -> 256 7x7 stride 2 3.7 / 3.7).
   //  Where the dropped columns are more than the kept ones (a dilated filter on a
   //  small image), or the padding dominates the image, im2col stays.
   if (!conv2d_shifted_applies(p) ||

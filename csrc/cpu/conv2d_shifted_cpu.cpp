@@ -352,7 +352,8 @@ bool conv2d_shifted_backward_data_pixel_major(const Conv2dParams& p) {
 bool conv2d_shifted_backward_data_scatter_fits(const Conv2dParams& p) {
   const ShiftedGeometry g = shifted_geometry(p);
   const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
-  // One image's col, wide dY and planes, as backward_data_scatter sizes its chunks.
+  // One image's col, wide dY and planes, as backward_data_scatter sizes its chunks
+  // (in float: the dispatcher's rules do not depend on the dtype).
   const double image = double(CRS + Kg) * double(g.wide) + double(Cg * g.phases * g.plane + g.slack);
   return image * sizeof(float) <= kChunkBytes;
 }
