@@ -192,6 +192,13 @@ int64_t images_per_chunk(const Conv2dParams& p, int64_t elements_per_image) {
   return std::clamp<int64_t>(int64_t(target / (double(elements_per_image) * sizeof(T))), 1, p.N);
 }
 
+// Elements of one image's buffers in the scatter backward-data (backward_data_scatter):
+// its col (C*R*S rows of wide columns), its wide dY, and its planes with their slack.
+int64_t scatter_elements_per_image(const Conv2dParams& p, const ShiftedGeometry& g) {
+  const int64_t Cg = p.channels_per_group(), CRS = Cg * p.R * p.S;
+  return (CRS + p.filters_per_group()) * g.wide + Cg * g.phases * g.plane + g.slack;
+}
+
 // Threads take whole (image, group) jobs when there are enough of them: each GEMM
 // then runs on its thread alone, and every output element is computed exactly as
 // on one thread.
@@ -350,12 +357,8 @@ bool conv2d_shifted_backward_data_pixel_major(const Conv2dParams& p) {
 }
 
 bool conv2d_shifted_backward_data_scatter_fits(const Conv2dParams& p) {
-  const ShiftedGeometry g = shifted_geometry(p);
-  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
-  // One image's col, wide dY and planes, as backward_data_scatter sizes its chunks
-  // (in float: the dispatcher's rules do not depend on the dtype).
-  const double image = double(CRS + Kg) * double(g.wide) + double(Cg * g.phases * g.plane + g.slack);
-  return image * sizeof(float) <= kChunkBytes;
+  // In float: the dispatcher's rules do not depend on the dtype.
+  return double(scatter_elements_per_image(p, shifted_geometry(p))) * sizeof(float) <= kChunkBytes;
 }
 
 template <typename T>
@@ -424,7 +427,7 @@ void backward_data_scatter(const Conv2dParams& p, const T* grad_output, const T*
   // that run past an image's last plane stay inside it, so threads that take
   // different images never touch each other's sums.
   const int64_t image_planes = Cg * g.phases * g.plane, image_stride = image_planes + g.slack;
-  const int64_t images = images_per_chunk<T>(p, CRS * g.wide + Kg * g.wide + image_stride);
+  const int64_t images = images_per_chunk<T>(p, scatter_elements_per_image(p, g));
   const int64_t cols = images * g.wide;  // the chunk's wide columns, image after image
 
   const int64_t a_size = gemm_packed_a_size<T>(CRS, Kg);
