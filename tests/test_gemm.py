@@ -1,8 +1,10 @@
 """The packed GEMM behind the im2col paths, against numpy and the triple-loop reference.
 
 Sizes straddle the blocking parameters (8-row micro-tiles, 16/8-column vectors,
-KC = 256, MC = 192, NC = 4080; 16 x 16 register transposes when packing an
-operand stored along the reduction) so every edge-tile path runs. An A of at most
+KC = 256, or 512 for an A of more than MC rows, MC = 192, NC = 2064; 16 x 16
+register transposes when packing an operand stored along the reduction; the
+micro-kernel's B prefetch 8 steps ahead, so K blocks of 8 or fewer steps run its
+tail loop alone) so every edge-tile path runs. An A of at most
 MC rows packs B as it goes (a transposed B one strip at a time, a plain one eight
 strips at a time, row by row), a taller one in panels of NC columns: all run with
 several KC steps, past NC columns, with a partial last group of strips, and on

@@ -333,8 +333,8 @@ def test_fold_is_adjoint_of_unfold(cfg):
 
 
 # ---------------------------------------------------------------------------
-# Sizes around the im2col GEMM blocking (MR=8, NR=64 bytes, KC=256, MC=96,
-# NC=4096) and the OpenMP thresholds: a few medium-sized examples.
+# Sizes around the im2col GEMM blocking (MR=8, NR=3 vectors of 64 bytes, KC=256,
+# MC=192) and the OpenMP thresholds: a few medium-sized examples.
 # ---------------------------------------------------------------------------
 
 @st.composite
