@@ -118,10 +118,11 @@ struct SplitRowStrip {
 // 256 x 48 strip is 48 KiB, the whole L1 (512 x 48 in gemm_blocked, twice
 // that), so with the A strip streaming beside it the strip does not survive from
 // one micro-kernel to the next and is read back from L2 at every k step; the
-// L1 prefetchers fetch only the next line, too late. Eight steps (~100 cycles at peak) cover an L2 hit. Measured on a
-// Xeon core (micro-kernels over an A block and B strips that fit L2, medians of
-// 25 interleaved passes): 79% of the FMA peak without, 100% with; with A, B and
-// C in L3 it changed nothing (81-83%).
+// L1 prefetchers fetch only the next line, too late. Eight steps (~100 cycles
+// at peak) cover an L2 hit. Measured on a Xeon core (micro-kernels over an A
+// block and B strips that fit L2, medians of 25 interleaved passes, in the
+// machine's fast stretches): 78-83% of the FMA peak without, 100% with; with
+// A, B and C in L3 it changed nothing (81-83%).
 constexpr int64_t kBPrefetchSteps = 8;
 
 // Where the micro-kernel finds A[i][p] of its MR-row strip: packed (kc x MR by k,
