@@ -88,8 +88,9 @@ constexpr int64_t kNC = 2064;
 // different filter taps).
 //
 // fetch_ahead(p): the micro-kernel's software prefetch of row p of the strip
-// (see kBPrefetchSteps). Only the packed strip does it: the in-place forms read
-// image rows that the hardware prefetchers already follow.
+// (see kBPrefetchSteps). Only the packed strip does it: on the in-place rows
+// (the shifted-plane convolutions) the same prefetch moved the suite's rows
+// both ways within the noise, so they are left to the hardware prefetchers.
 template <typename T>
 struct PackedStrip {
   const T* strip;
