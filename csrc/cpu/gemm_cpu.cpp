@@ -87,17 +87,18 @@ constexpr int64_t kNC = 2064;
 // (pixel-major planes, where a strip's 16-column vectors may belong to
 // different filter taps).
 //
-// fetch_ahead(p): the micro-kernel's software prefetch of row p of the strip
-// (see kBPrefetchSteps). Only the packed strip does it: on the in-place rows
+// fetch_ahead<NV>(p): the micro-kernel's software prefetch of the first NV
+// vectors of row p of the strip, those it will read (see kBPrefetchSteps). Only the packed strip does it: on the in-place rows
 // (the shifted-plane convolutions) the same prefetch moved the suite's rows
 // both ways within the noise, so they are left to the hardware prefetchers.
 template <typename T>
 struct PackedStrip {
   const T* strip;
   const T* vec(int64_t p, int v) const { return strip + (p * kNV + v) * kLanes<T>; }
+  template <int NV>
   void fetch_ahead(int64_t p) const {
 #pragma GCC unroll 3
-    for (int v = 0; v < kNV; ++v) __builtin_prefetch(vec(p, v), 0, 3);
+    for (int v = 0; v < NV; ++v) __builtin_prefetch(vec(p, v), 0, 3);
   }
 };
 template <typename T>
@@ -105,6 +106,7 @@ struct RowStrip {
   const T* const* rows;
   int64_t j;
   const T* vec(int64_t p, int v) const { return rows[p] + j + v * kLanes<T>; }
+  template <int NV>
   void fetch_ahead(int64_t) const {}
 };
 template <typename T>
@@ -112,6 +114,7 @@ struct SplitRowStrip {
   const T* const* rows;
   int64_t off[kNV];
   const T* vec(int64_t p, int v) const { return rows[p] + off[v]; }
+  template <int NV>
   void fetch_ahead(int64_t) const {}
 };
 
@@ -205,7 +208,7 @@ CONVX_SIMD_CLONES void micro_kernel(int64_t kc, AStrip a, BStrip b, T* __restric
   // Two loops, so the prefetch never addresses past the strip's last row.
   int64_t p = 0;
   for (; p + kBPrefetchSteps < kc; ++p) {
-    b.fetch_ahead(p + kBPrefetchSteps);
+    b.template fetch_ahead<NV>(p + kBPrefetchSteps);
     k_step(p);
   }
   for (; p < kc; ++p) k_step(p);
