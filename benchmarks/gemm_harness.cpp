@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
   const double flop = 2.0 * M * N * K;
   std::printf("%ldx%ldx%ld: median %.3f ms (%.1f GFLOP/s), best %.3f ms (%.1f GFLOP/s)", M, N, K, median * 1e3,
               flop / median / 1e9, best * 1e3, flop / best / 1e9);
-  if (peak > 0) std::printf("; %.0f%% / %.0f%% of %.0f", flop / median / 1e9 / peak * 100, flop / best / 1e9 / peak * 100, peak);
+  if (peak > 0)
+    std::printf("; %.0f%% / %.0f%% of %.0f", flop / median / 1e9 / peak * 100, flop / best / 1e9 / peak * 100, peak);
   std::printf("\n");
   return 0;
 }

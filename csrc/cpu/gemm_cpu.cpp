@@ -88,9 +88,10 @@ constexpr int64_t kNC = 2064;
 // different filter taps).
 //
 // fetch_ahead<NV>(p): the micro-kernel's software prefetch of the first NV
-// vectors of row p of the strip, those it will read (see kBPrefetchSteps). Only the packed strip does it: on the in-place rows
-// (the shifted-plane convolutions) the same prefetch moved the suite's rows
-// both ways within the noise, so they are left to the hardware prefetchers.
+// vectors of row p of the strip, those it will read (see kBPrefetchSteps).
+// Only the packed strip does it: on the in-place rows (the shifted-plane
+// convolutions) the same prefetch moved the suite's rows both ways within the
+// noise, so they are left to the hardware prefetchers.
 template <typename T>
 struct PackedStrip {
   const T* strip;
