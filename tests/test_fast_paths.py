@@ -543,6 +543,36 @@ def test_pointwise_weight_gradient_reads_the_image_in_place(N, C, H, W, K, group
     np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("N,C,H,W,K", [
+    (2, 256, 56, 56, 64),   # the suite's 1x1 layer: 64 x 3136 x 256 forward, 256 x 3136 x 64 backward-data
+    (2, 64, 28, 28, 100),   # 100 filters: a last tile of 4 rows (the C++ micro-kernel)
+    (1, 300, 7, 9, 20),     # 63 columns: one whole strip, then 15 columns packed; 300 channels: two KC blocks
+])
+def test_pointwise_forward_and_backward_data_read_the_image_in_place(N, C, H, W, K):
+    # A 1x1 layer's forward and backward-data are one GEMM per image whose B (the
+    # image, or the output gradient) the GEMM reads in place when A (the filters)
+    # is one block: forced on here, against the direct kernels in float64.
+    p = _conv_params(N, C, H, W, K, (0, 0, 0, 0), R=1, S=1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C, 1, 1))
+    gy = rng.standard_normal((N, K, H, W))
+    want_y, want_gx = np.empty(gy.shape), np.empty(x.shape)
+    _C.conv2d_forward(p, x, w, None, want_y, "direct")
+    _C.conv2d_backward_data(p, gy, w, want_gx, "direct")
+    before = _C._gemm_set_in_place_b(1)
+    try:
+        assert _C._gemm_reads_b_in_place(K, H * W, C, 4) and _C._gemm_reads_b_in_place(C, H * W, K, 4) == (C <= 256)
+        y, gx = np.empty(gy.shape, np.float32), np.empty(x.shape, np.float32)
+        f32 = lambda a: a.astype(np.float32)  # noqa: E731
+        _C.conv2d_forward(p, f32(x), f32(w), None, y, "im2col")
+        _C.conv2d_backward_data(p, f32(gy), f32(w), gx, "im2col")
+    finally:
+        _C._gemm_set_in_place_b(before)
+    np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-5 * np.sqrt(C) * np.abs(want_y).max())
+    np.testing.assert_allclose(gx, want_gx, rtol=1e-4, atol=1e-5 * np.sqrt(K) * np.abs(want_gx).max())
+
+
 def test_pointwise_weight_gradient_keeps_no_column_buffer():
     # 256 -> 64 channels at 56x56: the copied columns were a 2 MiB block; in place,
     # only the GEMM's packing buffers (about 0.1 MiB) remain.

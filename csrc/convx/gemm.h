@@ -13,6 +13,15 @@ template <typename T>
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
               const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// Whether gemm_cpu reads a plain (not transposed) B where it lies instead of
+// packing it: an A of at most 256 rows against a B of at least one 48-column
+// strip, in float where the AVX-512 assembly kernel runs. See gemm_in_place_b
+// in gemm_cpu.cpp.
+bool gemm_reads_b_in_place(int64_t M, int64_t N, int64_t K, int64_t elem_bytes);
+// Test seam: -1 the rule above, 0 never, 1 always where the shape allows it
+// (double too, by the C++ micro-kernel); returns the previous setting.
+int gemm_set_in_place_b(int mode);
+
 // C (M x N) = A (M x K) * B (N x K)^T + beta * C for small M x N and long K (dot
 // products vectorized along K), e.g. the weight gradient of a few-tap layer.
 template <typename T>

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -107,6 +108,16 @@ struct RowStrip {
   const T* const* rows;
   int64_t j;
   const T* vec(int64_t p, int v) const { return rows[p] + j + v * kLanes<T>; }
+  template <int NV>
+  void fetch_ahead(int64_t) const {}
+};
+// B read in place, its rows a fixed stride apart (a 1x1 layer's image): the
+// readable form of the assembly kernel below, for the tiles it does not take.
+template <typename T>
+struct StridedStrip {
+  const T* row0;
+  int64_t ldb;
+  const T* vec(int64_t p, int v) const { return row0 + p * ldb + v * kLanes<T>; }
   template <int NV>
   void fetch_ahead(int64_t) const {}
 };
@@ -242,6 +253,156 @@ void run_micro_kernel(int64_t kc, AStrip a, BStrip b, T* C, int64_t ldc, int64_t
     micro_kernel<T, 2>(kc, a, b, C, ldc, m, n, accumulate, prefetch_c);
   else
     micro_kernel<T, 1>(kc, a, b, C, ldc, m, n, accumulate, prefetch_c);
+}
+
+// ---- B read in place: the micro-kernel in assembly ---------------------------
+// A product with few rows of A and many columns of B (a 1x1 layer's forward: 64
+// filters x 256 channels against 256 x 3136 pixels per image) spends a quarter
+// of its time packing B: reading the image from L3 and writing the packed panel
+// into L2 cost as much as the micro-kernels that then read it (see
+// benchmarks/RESULTS.md). MKL, which torch calls there, packs nothing: its kernel
+// reads each 48-column strip of B where it lies, row after row, with two
+// software prefetches. This kernel does the same:
+// - the 8 x 48 tile of micro_kernel (same registers: 24 accumulators, 3 B
+//   vectors, 1 broadcast), A packed, B read as 3 vectors per row, rows ldb apart;
+// - each step fetches the row 2 steps ahead into L1: the strip (kc rows x 192
+//   bytes) does not survive in L1 from one micro-kernel to the next (its rows,
+//   12 KiB apart on a 56x56 image, fall into few cache sets), so every
+//   micro-kernel but the first reads it back from L2;
+// - every 8 steps it fetches one row of the next strip (`next`), so that the
+//   micro-kernels of one strip together bring the next strip from memory before
+//   it is needed.
+// Written as the same loop in C++ (StridedStrip with __builtin_prefetch, or an
+// 8-step unrolled loop with asm prefetches), GCC dropped the prefetches or moved
+// accumulators through the stack. C++ harness, 64 x 3136 x 256 over eight
+// images in turn, one Xeon core, medians of interleaved runs in % of the FMA
+// peak: this kernel 83-87, the C++ loop 48-60, packing B 69-70, MKL 76-92 (in
+// a slower stretch, the C++ loop without its prefetches 26-30).
+
+// The kernel's steps run in groups of 8 whose prefetches (2 rows ahead) stay
+// inside the kc rows, then the rest one at a time; it fetches one row of the
+// next strip per group, and one more before the rest.
+inline int64_t in_place_b_groups(int64_t kc) { return kc >= 2 ? (kc - 2) / 8 : 0; }
+inline int64_t in_place_b_rows_fetched(int64_t kc) {
+  return in_place_b_groups(kc) + (kc > 8 * in_place_b_groups(kc) ? 1 : 0);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CONVX_GEMM_ASM_AVX512 1
+// One row of the tile: broadcast A[p][i] (the packed strip's element i of step
+// \q), multiply-add it into accumulators c0, c1, c2 with the 3 B vectors.
+#define CONVX_TILE_ROW(i, c0, c1, c2)                            \
+  "vbroadcastss 4*" #i "+32*\\q(%[a]), %%zmm27\n\t"              \
+  "vfmadd231ps %%zmm24, %%zmm27, %%zmm" #c0 "\n\t"               \
+  "vfmadd231ps %%zmm25, %%zmm27, %%zmm" #c1 "\n\t"               \
+  "vfmadd231ps %%zmm26, %%zmm27, %%zmm" #c2 "\n\t"
+// All 8 rows of step \q (row p of B already in zmm24-26).
+#define CONVX_TILE_STEP                                                                             \
+  CONVX_TILE_ROW(0, 0, 1, 2) CONVX_TILE_ROW(1, 3, 4, 5) CONVX_TILE_ROW(2, 6, 7, 8)                 \
+  CONVX_TILE_ROW(3, 9, 10, 11) CONVX_TILE_ROW(4, 12, 13, 14) CONVX_TILE_ROW(5, 15, 16, 17)        \
+  CONVX_TILE_ROW(6, 18, 19, 20) CONVX_TILE_ROW(7, 21, 22, 23)
+// Load row p of B (the strip's 48 columns) into zmm24-26.
+#define CONVX_LOAD_B_ROW                 \
+  "vmovups (%[b]), %%zmm24\n\t"          \
+  "vmovups 64(%[b]), %%zmm25\n\t"        \
+  "vmovups 128(%[b]), %%zmm26\n\t"
+// Row i of C = (C +) accumulators c0, c1, c2.
+#define CONVX_STORE_ROW(c0, c1, c2)                   \
+  "vmovups %%zmm" #c0 ", (%[c])\n\t"                  \
+  "vmovups %%zmm" #c1 ", 64(%[c])\n\t"                \
+  "vmovups %%zmm" #c2 ", 128(%[c])\n\t"               \
+  "add %[ldc], %[c]\n\t"
+#define CONVX_ADD_STORE_ROW(c0, c1, c2)                           \
+  "vaddps (%[c]), %%zmm" #c0 ", %%zmm" #c0 "\n\t"                 \
+  "vaddps 64(%[c]), %%zmm" #c1 ", %%zmm" #c1 "\n\t"               \
+  "vaddps 128(%[c]), %%zmm" #c2 ", %%zmm" #c2 "\n\t" CONVX_STORE_ROW(c0, c1, c2)
+
+// C (8 x 48, row stride ldc) = (C +) A strip (packed, kc x 8) * B[0:kc, 0:48],
+// row p of B at b + p * ldb. `next` is the first of the next strip's rows this
+// kernel fetches, one every 8 steps and one more before the last steps (ldb
+// apart, in_place_b_rows_fetched(kc) of them); they must be readable, as b is.
+__attribute__((target("avx512f"))) void micro_kernel_in_place_b_avx512(int64_t kc, const float* a, const float* b,
+                                                                      int64_t ldb, const float* next, float* c,
+                                                                      int64_t ldc, bool accumulate) {
+  int64_t groups = in_place_b_groups(kc), rest = kc - 8 * groups;
+  const int64_t ldb_bytes = ldb * 4, ahead_bytes = 2 * ldb * 4, ldc_bytes = ldc * 4;
+  int64_t add = accumulate ? 1 : 0;
+  asm volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      ".irp r,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23\n\t"
+      "vmovaps %%zmm0, %%zmm\\r\n\t"
+      ".endr\n\t"
+      "test %[groups], %[groups]\n\t"
+      "jz 2f\n\t"
+      "1:\n\t"
+      "prefetcht0 (%[next])\n\t"
+      "prefetcht0 64(%[next])\n\t"
+      "prefetcht0 128(%[next])\n\t"
+      "add %[ldb], %[next]\n\t"
+      ".irp q,0,1,2,3,4,5,6,7\n\t"
+      CONVX_LOAD_B_ROW
+      "prefetcht0 (%[b],%[ahead])\n\t"
+      "prefetcht0 64(%[b],%[ahead])\n\t"
+      "prefetcht0 128(%[b],%[ahead])\n\t"
+      "add %[ldb], %[b]\n\t"
+      CONVX_TILE_STEP
+      ".endr\n\t"
+      "add $256, %[a]\n\t"
+      "dec %[groups]\n\t"
+      "jnz 1b\n\t"
+      "2:\n\t"
+      "test %[rest], %[rest]\n\t"
+      "jz 4f\n\t"
+      "prefetcht0 (%[next])\n\t"
+      "prefetcht0 64(%[next])\n\t"
+      "prefetcht0 128(%[next])\n\t"
+      "3:\n\t"
+      ".irp q,0\n\t"
+      CONVX_LOAD_B_ROW
+      "add %[ldb], %[b]\n\t"
+      CONVX_TILE_STEP
+      ".endr\n\t"
+      "add $32, %[a]\n\t"
+      "dec %[rest]\n\t"
+      "jnz 3b\n\t"
+      "4:\n\t"
+      "test %[add], %[add]\n\t"
+      "jnz 5f\n\t"
+      CONVX_STORE_ROW(0, 1, 2) CONVX_STORE_ROW(3, 4, 5) CONVX_STORE_ROW(6, 7, 8) CONVX_STORE_ROW(9, 10, 11)
+      CONVX_STORE_ROW(12, 13, 14) CONVX_STORE_ROW(15, 16, 17) CONVX_STORE_ROW(18, 19, 20)
+      CONVX_STORE_ROW(21, 22, 23)
+      "jmp 6f\n\t"
+      "5:\n\t"
+      CONVX_ADD_STORE_ROW(0, 1, 2) CONVX_ADD_STORE_ROW(3, 4, 5) CONVX_ADD_STORE_ROW(6, 7, 8)
+      CONVX_ADD_STORE_ROW(9, 10, 11) CONVX_ADD_STORE_ROW(12, 13, 14) CONVX_ADD_STORE_ROW(15, 16, 17)
+      CONVX_ADD_STORE_ROW(18, 19, 20) CONVX_ADD_STORE_ROW(21, 22, 23)
+      "6:\n\t"
+      : [a] "+r"(a), [b] "+r"(b), [next] "+r"(next), [c] "+r"(c), [groups] "+r"(groups), [rest] "+r"(rest)
+      : [ldb] "r"(ldb_bytes), [ahead] "r"(ahead_bytes), [ldc] "r"(ldc_bytes), [add] "r"(add)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27");
+}
+#undef CONVX_TILE_ROW
+#undef CONVX_TILE_STEP
+#undef CONVX_LOAD_B_ROW
+#undef CONVX_STORE_ROW
+#undef CONVX_ADD_STORE_ROW
+#else
+#define CONVX_GEMM_ASM_AVX512 0
+// Never called: in_place_b_kernel_available() is false.
+inline void micro_kernel_in_place_b_avx512(int64_t, const float*, const float*, int64_t, const float*, float*, int64_t,
+                                           bool) {}
+#endif
+
+// Whether micro_kernel_in_place_b_avx512 can run here.
+bool in_place_b_kernel_available() {
+#if CONVX_GEMM_ASM_AVX512
+  static const bool available = __builtin_cpu_supports("avx512f");
+  return available;
+#else
+  return false;
+#endif
 }
 
 // Row i of an operand stored with rows contiguous along the reduction: at rows[i]
@@ -579,6 +740,68 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
   }
 }
 
+// gemm_one_a_block with a row-major B read in place (rows ldb apart) instead of
+// packed, and all of A (at most kInPlaceBMaxRows rows) packed at once: whole
+// strips by the assembly kernel (see micro_kernel_in_place_b_avx512), the rest by
+// micro_kernel over a StridedStrip, the last strip, if narrower than 48 columns,
+// packed first (a row's last vector would read past B's end). The same order of
+// work, micro-kernel by micro-kernel, as gemm_one_a_block.
+template <typename T, typename PackA>
+void gemm_in_place_b(int64_t M, int64_t N, int64_t K, PackA pack_a, const T* B, int64_t ldb, T beta,
+                                 T* C, int64_t ldc) {
+  constexpr int64_t NR = kNR<T>;
+  const int64_t kc_max = std::min(kKC, K);
+  const int64_t m_strips = (M + kMR - 1) / kMR, n_strips = (N + NR - 1) / NR;
+  const bool prefetch_c = prefetch_c_tiles<T>(M, N);
+  const bool assembly = std::is_same<T, float>::value && in_place_b_kernel_available();
+  Scratch<T> a_packed(m_strips * kMR * kc_max);
+  for (int64_t pc = 0; pc < K; pc += kKC) {
+    const int64_t kc = std::min(kKC, K - pc);
+    const bool accumulate = pc > 0 || beta != T(0);
+    T* ap = a_packed.data();
+    // As in gemm_one_a_block: threads take runs of whole strips of B.
+    const bool parallel = static_cast<double>(M) * N * kc > 1048576.0 && n_strips >= 4;
+    // The kernels of one strip each fetch `ahead` rows of the next strip (see
+    // the kernel), kernel `is` from row is * ahead: with 8 or more row strips of
+    // A they cover it (kc = 256: 8 x 32 rows).
+    const int64_t ahead = in_place_b_rows_fetched(kc);
+#pragma omp parallel if ((parallel) && !omp_in_parallel())
+    {
+#pragma omp for schedule(static)
+      for (int64_t is = 0; is < m_strips; ++is)
+        pack_a(is * kMR, std::min(kMR, M - is * kMR), pc, kc, ap + is * kMR * kc);
+      Scratch<T> last_strip(N % NR != 0 ? NR * kc : 0);
+#pragma omp for schedule(static)
+      for (int64_t js = 0; js < n_strips; ++js) {
+        const int64_t j = js * NR, n = std::min(NR, N - j);
+        const T* strip = B + pc * ldb + j;
+        if (n < NR) {
+          pack_b_panel<T>(B, ldb, pc, kc, j, n, last_strip.data());
+          for (int64_t is = 0; is < m_strips; ++is)
+            run_micro_kernel<T>(kc, ap + is * kMR * kc, PackedStrip<T>{last_strip.data()}, C + is * kMR * ldc + j,
+                                ldc, std::min(kMR, M - is * kMR), n, accumulate, prefetch_c);
+          continue;
+        }
+        const bool next_whole = j + 2 * NR <= N;
+        for (int64_t is = 0; is < m_strips; ++is) {
+          const int64_t i = is * kMR, m = std::min(kMR, M - i);
+          const T* a = ap + is * kMR * kc;
+          if constexpr (std::is_same<T, float>::value) {
+            if (assembly && m == kMR) {
+              const int64_t first = is * ahead;
+              const T* next = next_whole && first + ahead <= kc ? strip + NR + first * ldb : strip;
+              micro_kernel_in_place_b_avx512(kc, a, strip, ldb, next, C + i * ldc + j, ldc, accumulate);
+              continue;
+            }
+          }
+          run_micro_kernel<T>(kc, a, StridedStrip<T>{strip, ldb}, C + i * ldc + j, ldc, m, n, accumulate,
+                              prefetch_c);
+        }
+      }
+    }
+  }
+}
+
 // The blocked loops of gemm_cpu, with the packing of A and B left to the caller:
 // pack_a(i0, mr, p0, kc, dst) writes the MR-tall strip of rows i0.. of op(A),
 // pack_b(j0, nr, p0, kc, dst) the NR-wide strip of columns j0.. of op(B), both
@@ -642,6 +865,34 @@ void gemm_blocked(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T
 }
 }  // namespace
 
+namespace {
+// gemm_set_in_place_b's setting: -1 the rule, 0 never, 1 always.
+std::atomic<int> in_place_b_mode{-1};
+
+// The most rows of A for which B is read in place. Measured on one Xeon core
+// (C++ harness, % of the FMA peak, median / best, packed -> in place): 64 x 3136
+// x 256 51-55 / 67-71 -> 47-55 / 78-83 (and 0.73-0.84x -> 0.91-0.95x torch on
+// the suite's 1x1 forward), 32 x 3136 x 256 48-50 / 53-60 -> 59-60 / 72-80,
+// 128 x 784 x 512 59-60 / 72-78 -> 68 / 73-89, 256 x 196 x 1024 56-57 / 65-70 ->
+// 57-59 / 73-75, the 1x1 backward-data's 256 x 3136 x 64 1.31-1.39x -> 1.48-1.73x
+// torch; 64 x 4096 x 256 (rows 16 KiB apart) and 64 x 12544 x 64 level. Larger
+// products want the blocked loops, where each packed B panel serves many
+// blocks of A: 1024^3 80-81 / 83-84 -> 70-76 / 79-81, 2048^3 75-76 / 83-84 ->
+// 54-56 / 57.
+constexpr int64_t kInPlaceBMaxRows = 256;
+}  // namespace
+
+int gemm_set_in_place_b(int mode) { return in_place_b_mode.exchange(mode < 0 ? -1 : mode > 0 ? 1 : 0); }
+
+bool gemm_reads_b_in_place(int64_t M, int64_t N, int64_t K, int64_t elem_bytes) {
+  if (M <= 0 || K <= 0 || M > kInPlaceBMaxRows || N < gemm_micro_tile_cols<float>()) return false;
+  const int mode = in_place_b_mode.load();
+  if (mode >= 0) return mode == 1;
+  // Only with the assembly kernel: the same loop in C++ (StridedStrip) ran at
+  // half the speed of packing (see micro_kernel_in_place_b_avx512).
+  return elem_bytes == 4 && in_place_b_kernel_available();
+}
+
 template <typename T>
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
               const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -649,7 +900,10 @@ void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const
     pack_a_strip(trans_a, A, lda, i0, mr, p0, kc, dst);
   };
   if (!trans_b) {
-    gemm_blocked<T>(M, N, K, pack_a, RowMajorB<T>{B, ldb}, beta, C, ldc);
+    if (gemm_reads_b_in_place(M, N, K, sizeof(T)))
+      gemm_in_place_b<T>(M, N, K, pack_a, B, ldb, beta, C, ldc);
+    else
+      gemm_blocked<T>(M, N, K, pack_a, RowMajorB<T>{B, ldb}, beta, C, ldc);
     return;
   }
   gemm_blocked<T>(
