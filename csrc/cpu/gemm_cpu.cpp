@@ -272,12 +272,16 @@ void run_micro_kernel(int64_t kc, AStrip a, BStrip b, T* C, int64_t ldc, int64_t
 // - every 8 steps it fetches one row of the next strip (`next`), so that the
 //   micro-kernels of one strip together bring the next strip from memory before
 //   it is needed.
-// Written as the same loop in C++ (StridedStrip with __builtin_prefetch, or an
-// 8-step unrolled loop with asm prefetches), GCC dropped the prefetches or moved
-// accumulators through the stack. C++ harness, 64 x 3136 x 256 over eight
-// images in turn, one Xeon core, medians of interleaved runs in % of the FMA
-// peak: this kernel 83-87, the C++ loop 48-60, packing B 69-70, MKL 76-92 (in
-// a slower stretch, the C++ loop without its prefetches 26-30).
+// Written in C++, the loop lost to packing. C++ harness, 64 x 3136 x 256 over
+// eight images in turn, one Xeon core, medians of interleaved runs in % of the
+// FMA peak:
+// - micro_kernel over a StridedStrip with both prefetches (__builtin_prefetch
+//   in fetch_ahead): GCC emitted neither, 29-35, against this kernel's 51-59
+//   and packing's 53-60;
+// - with the row prefetch alone, which GCC kept: 36-44 against 49-62 and
+//   42-51;
+// - an 8-step unrolled loop with asm prefetches: GCC moved accumulators
+//   through the stack, 48-60 against 83-87, packing 69-70 and MKL 76-92.
 
 // The kernel's steps run in groups of 8 whose prefetches (2 rows ahead) stay
 // inside the kc rows, then the rest one at a time; it fetches one row of the
