@@ -522,8 +522,8 @@ PYBIND11_MODULE(_C, m) {
         "Test seam: whether an M x N product of row tables (the shifted-plane weight gradient) runs as dot "
         "products rather than the packed GEMM.");
   m.def("_gemm_set_in_place_b", &gemm_set_in_place_b, py::arg("mode"),
-        "Test seam: whether the GEMM reads a plain B in place instead of packing it, for an A of one block: "
-        "-1 by its rule, 0 never, 1 always. Returns the previous setting.");
+        "Test seam: whether the GEMM reads a plain B in place instead of packing it, for an A of at most 256 "
+        "rows: -1 by its rule, 0 never, 1 always. Returns the previous setting.");
   m.def("_gemm_reads_b_in_place", &gemm_reads_b_in_place, py::arg("m"), py::arg("n"), py::arg("k"),
         py::arg("elem_bytes"), "Test seam: whether gemm_cpu reads B in place for this product.");
   m.def("simd_level", &simd_level, "Instruction set the SIMD kernels use on this CPU.");

@@ -12,11 +12,12 @@ the thread team.
 
 An A of at most 256 rows against a plain B of 48+ columns reads B in place
 instead (float on AVX-512, by the assembly micro-kernel; the rule is
-_C._gemm_reads_b_in_place): every product runs both ways, the in-place one
-forced on for double too (its C++ micro-kernel), with reductions of fewer than
-10 steps (no group of 8 with its prefetches), exactly 10 and 18 (one and two
-groups, then the rest), past one KC block (the kernel adds to C), a last strip
-narrower than 48 columns (packed) and row counts off the 8-row tile.
+_C._gemm_reads_b_in_place): every product with a plain B runs both ways, the
+in-place one forced on for double too (its C++ micro-kernel), with reductions
+of fewer than 10 steps (no group of 8 with its prefetches), exactly 10 and 18
+(one and two groups, then the rest), past one KC block (the kernel adds to C),
+a last strip narrower than 48 columns (packed) and row counts off the 8-row
+tile.
 """
 import numpy as np
 import pytest
@@ -24,13 +25,13 @@ import pytest
 from convx import _C
 
 SHAPES = [(1, 1, 1), (7, 15, 3), (8, 16, 256), (9, 17, 257), (97, 33, 300), (5, 4100, 11), (150, 500, 300),
-          (200, 50, 520), (193, 4100, 20), (16, 96, 10), (24, 144, 18), (64, 3136, 256), (256, 200, 64),
-          (257, 96, 40)]
+          (200, 50, 520), (193, 4100, 20), (16, 200, 7), (16, 96, 10), (24, 144, 18), (64, 3136, 256),
+          (256, 200, 64), (257, 96, 40)]
 
 
 @pytest.fixture(params=[0, 1], ids=["packed_b", "in_place_b"])
 def in_place_b(request):
-    """The GEMM with B packed (0), or read in place wherever A is one block (1)."""
+    """The GEMM with B packed (0), or read in place wherever A has at most 256 rows (1)."""
     before = _C._gemm_set_in_place_b(request.param)
     yield request.param
     _C._gemm_set_in_place_b(before)
