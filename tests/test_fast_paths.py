@@ -550,8 +550,9 @@ def test_pointwise_weight_gradient_reads_the_image_in_place(N, C, H, W, K, group
 ])
 def test_pointwise_forward_and_backward_data_read_the_image_in_place(N, C, H, W, K):
     # A 1x1 layer's forward and backward-data are one GEMM per image whose B (the
-    # image, or the output gradient) the GEMM reads in place when A (the filters)
-    # is one block: forced on here, against the direct kernels in float64.
+    # image, or the output gradient) the GEMM reads in place when A (the filters,
+    # or their transpose) has at most 256 rows: forced on here, against the direct
+    # kernels in float64.
     p = _conv_params(N, C, H, W, K, (0, 0, 0, 0), R=1, S=1)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((N, C, H, W))

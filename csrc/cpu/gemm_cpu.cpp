@@ -751,8 +751,8 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
 // packed first (a row's last vector would read past B's end). The same order of
 // work, micro-kernel by micro-kernel, as gemm_one_a_block.
 template <typename T, typename PackA>
-void gemm_in_place_b(int64_t M, int64_t N, int64_t K, PackA pack_a, const T* B, int64_t ldb, T beta,
-                                 T* C, int64_t ldc) {
+void gemm_in_place_b(int64_t M, int64_t N, int64_t K, PackA pack_a, const T* B, int64_t ldb, T beta, T* C,
+                     int64_t ldc) {
   constexpr int64_t NR = kNR<T>;
   const int64_t kc_max = std::min(kKC, K);
   const int64_t m_strips = (M + kMR - 1) / kMR, n_strips = (N + NR - 1) / NR;
@@ -892,8 +892,8 @@ bool gemm_reads_b_in_place(int64_t M, int64_t N, int64_t K, int64_t elem_bytes) 
   if (M <= 0 || K <= 0 || M > kInPlaceBMaxRows || N < gemm_micro_tile_cols<float>()) return false;
   const int mode = in_place_b_mode.load();
   if (mode >= 0) return mode == 1;
-  // Only with the assembly kernel: the same loop in C++ (StridedStrip) ran at
-  // half the speed of packing (see micro_kernel_in_place_b_avx512).
+  // Only with the assembly kernel: the same loop in C++ (StridedStrip) ran
+  // slower than packing (see micro_kernel_in_place_b_avx512).
   return elem_bytes == 4 && in_place_b_kernel_available();
 }
 
