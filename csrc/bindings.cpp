@@ -526,6 +526,11 @@ PYBIND11_MODULE(_C, m) {
         "rows: -1 by its rule, 0 never, 1 always. Returns the previous setting.");
   m.def("_gemm_reads_b_in_place", &gemm_reads_b_in_place, py::arg("m"), py::arg("n"), py::arg("k"),
         py::arg("elem_bytes"), "Test seam: whether gemm_cpu reads B in place for this product.");
+  m.def("_shifted_set_register_tiles", &conv2d_shifted_set_register_tiles, py::arg("mode"),
+        "Test seam: whether the shifted forward runs by AVX-512 register tiles instead of the GEMM (float, one "
+        "group): -1 by its rule, 0 never, 1 always. Returns the previous setting.");
+  m.def("_shifted_uses_register_tiles", &conv2d_shifted_forward_uses_register_tiles, py::arg("params"),
+        py::arg("elem_bytes"), "Test seam: whether the shifted forward runs by register tiles for this layer.");
   m.def("simd_level", &simd_level, "Instruction set the SIMD kernels use on this CPU.");
   m.def("max_threads", &max_threads, "OpenMP threads a kernel started from this thread uses.");
   // ---- benchmark support: the machine's FP32 peak and the thread count at run time ----

@@ -639,6 +639,92 @@ def test_shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride
     _shifted_matches_direct_or_refuses(N, Cg, Kg, groups, H, W, R, S, stride, pads, dilation, seed)
 
 
+def _forward_by_register_tiles(p, x, w, b, mode):
+    """The float32 shifted forward with its register-tile path set to `mode` (seam)."""
+    y = np.empty((p.N, p.K, p.out_h(), p.out_w()), np.float32)
+    before = _C._shifted_set_register_tiles(mode)
+    try:
+        uses = _C._shifted_uses_register_tiles(p, 4)
+        _C.conv2d_forward(p, x.astype(np.float32), w.astype(np.float32),
+                          None if b is None else b.astype(np.float32), y, "shifted")
+    finally:
+        _C._shifted_set_register_tiles(before)
+    return y, uses
+
+
+@pytest.mark.skipif(_C.simd_level() != "avx512", reason="the register tiles are AVX-512 code")
+@settings(max_examples=80, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 4), K=st.integers(1, 21), H=st.integers(3, 20), W=st.integers(6, 40),
+       R=st.integers(1, 5), S=st.integers(1, 5), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_shifted_forward_by_register_tiles_matches_direct(N, C, K, H, W, R, S, stride, pads, dilation, bias, seed):
+    # Forced on, the AVX-512 register tiles compute every shape the shifted form
+    # takes: 8-row and 4-row strips (K up to 21: 8 + 8 + 5, and a last strip of 4
+    # or fewer), output rows that a 16-lane vector crosses, strides, dilations and
+    # asymmetric pads; against the direct kernel in float64.
+    try:
+        p = _conv_params(N, C, H, W, K, pads, R=R, S=S, stride=stride, dilation=dilation)
+    except ValueError:
+        return  # the kernel does not fit in the padded image
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W))
+    w = rng.standard_normal((p.K, p.C, R, S))
+    b = rng.standard_normal(p.K) if bias else None
+    want = np.empty((p.N, p.K, p.out_h(), p.out_w()))
+    _C.conv2d_forward(p, x, w, b, want, "direct")
+    try:
+        got, uses = _forward_by_register_tiles(p, x, w, b, 1)
+    except ValueError as e:
+        assert "algo='shifted' needs" in str(e)
+        return  # the shifted form does not apply to this layer
+    wq = -(-(p.W + p.pad_left + p.pad_right) // p.stride_w)  # the planes' width
+    assert uses == (wq >= 6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6 * np.sqrt(C * R * S) * np.abs(want).max())
+
+
+@pytest.mark.skipif(_C.simd_level() != "avx512", reason="the register tiles are AVX-512 code")
+def test_register_tiles_rule_takes_short_reductions_only():
+    # LeNet's first layer (25 taps) and the digits CNN's (9) run by register
+    # tiles; a 48-channel 5x5 layer (1200 taps) keeps the GEMM, as do float64
+    # and grouped layers.
+    lenet1 = _conv_params(64, 1, 28, 28, 20, (0, 0, 0, 0), R=5, S=5)
+    digits1 = _conv_params(64, 1, 28, 28, 25, (1, 1, 1, 1))
+    alphago_in = _conv_params(1, 48, 19, 19, 192, (2, 2, 2, 2), R=5, S=5)
+    grouped = _conv_params(2, 2, 28, 28, 4, (1, 1, 1, 1), groups=2)
+    assert _C._shifted_uses_register_tiles(lenet1, 4) and _C._shifted_uses_register_tiles(digits1, 4)
+    assert not _C._shifted_uses_register_tiles(alphago_in, 4)
+    assert not _C._shifted_uses_register_tiles(lenet1, 8)
+    assert not _C._shifted_uses_register_tiles(grouped, 4)
+    # The seam's "never" turns the path off; the answer does not change.
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((4, 1, 28, 28)), rng.standard_normal((20, 1, 5, 5)), rng.standard_normal(20)
+    p = _conv_params(4, 1, 28, 28, 20, (0, 0, 0, 0), R=5, S=5)
+    on, uses_on = _forward_by_register_tiles(p, x, w, b, -1)
+    off, uses_off = _forward_by_register_tiles(p, x, w, b, 0)
+    assert uses_on and not uses_off
+    np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(_C.simd_level() != "avx512", reason="the register tiles are AVX-512 code")
+def test_flipped_backward_data_by_register_tiles_matches_direct():
+    # Backward-data of a 64-channel stride-1 layer is the forward of the flipped
+    # filters (reverse_taps); forced on, the register tiles run it.
+    p = _conv_params(2, 64, 9, 11, 5, (1, 1, 1, 1))
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((p.K, p.C, 3, 3))
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w()))
+    want = np.empty((p.N, p.C, p.H, p.W))
+    _C.conv2d_backward_data(p, gy, w, want, "direct")
+    got = np.empty(want.shape, np.float32)
+    before = _C._shifted_set_register_tiles(1)
+    try:
+        _C.conv2d_backward_data(p, gy.astype(np.float32), w.astype(np.float32), got, "shifted")
+    finally:
+        _C._shifted_set_register_tiles(before)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
     (3, 40, 90, 90, 8, 3, 1, 1),   # 2+ MB per image: one image per chunk, three chunks summed
     (3, 64, 30, 30, 16, 3, 1, 1),  # 64 channels: backward-data as the flipped forward, not the scatter

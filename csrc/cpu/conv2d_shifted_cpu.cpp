@@ -32,10 +32,16 @@
 //                    for the kept pixels only
 #include <omp.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "convx/conv2d.h"
@@ -244,6 +250,178 @@ void forward_gathered(const Conv2dParams& p, const ShiftedGeometry& g, const T* 
     }
 }
 
+// ---- The forward pass by register tiles, with no GEMM -------------------------------
+// For a short reduction (LeNet's first layer: one channel, 5x5 taps, 25 per output)
+// the GEMM's fixed costs per call and per image (the B strips it packs, the wide
+// output it writes and then compacts) outweigh its 25 multiply-adds per output;
+// it ran at 20% of the peak. Here one AVX-512 register tile does the whole
+// reduction: 8 filters x 48 wide columns (3 vectors), the 24 accumulators of the
+// GEMM's micro-kernel, over all C*R*S taps. Tap e adds filter column e times the
+// 48 pixels at planes + q0 + shift(e), read where they lie in the planes (3
+// unaligned loads, 8 broadcasts, 24 FMAs: the FMAs limit). The tile goes straight
+// to the output: each vector's kept columns with masked stores, one per output
+// row it touches, so the dropped columns are never written anywhere.
+// Threads take (image, 96-column tile) jobs, each running every filter strip, so
+// a tile's pixels are read from L1 by all of them.
+constexpr int64_t kTileFilters = 8;         // rows of the register tile: filters
+constexpr int64_t kTileVectors = 3;         // columns of the register tile: 16-float vectors
+constexpr int64_t kColumnsPerJob = 2 * kTileVectors * 16;  // two tiles of wide columns per job
+constexpr int kMaxRowsPerVector = 4;        // output rows one vector's 16 columns may touch (Wq >= 6)
+
+// Where one vector of 16 wide columns goes: for each output row it touches, the
+// output offset of its lane 0 in that row's frame and the mask of its kept lanes.
+struct VectorStores {
+  int rows = 0;
+  int64_t offset[kMaxRowsPerVector];
+  uint16_t mask[kMaxRowsPerVector];
+};
+
+VectorStores vector_stores(const ShiftedGeometry& g, int64_t q0) {
+  VectorStores st;
+  for (int64_t q = q0; q < std::min(q0 + 16, g.wide);) {
+    const int64_t oh = q / g.Wq, row_end = std::min({q0 + 16, (oh + 1) * g.Wq, g.wide});
+    uint16_t mask = 0;
+    for (int64_t c = q; c < row_end; ++c)
+      if (c - oh * g.Wq < g.OW) mask |= uint16_t(1u << (c - q0));
+    if (mask) {
+      // Lane i lands at output (oh, q0 + i - oh*Wq) = oh*OW + q0 + i - oh*Wq.
+      st.offset[st.rows] = oh * g.OW - oh * g.Wq + q0;
+      st.mask[st.rows++] = mask;
+    }
+    q = row_end;
+  }
+  return st;
+}
+
+// The filters as 8-row strips, tap by tap: strip i, tap e, row r at
+// ((i * taps) + e) * 8 + r, rows past the last filter zero. The tile broadcasts
+// its 8 values of tap e from one 32-byte run.
+template <typename T>
+void pack_filter_strips(int64_t filters, int64_t taps, SegmentedRows<T> w, T* dst) {
+  const int64_t strips = (filters + kTileFilters - 1) / kTileFilters;
+  std::fill(dst, dst + strips * taps * kTileFilters, T(0));
+  for (int64_t k = 0; k < filters; ++k) {
+    const T* row = w.base + k * w.row_stride;
+    T* out = dst + (k / kTileFilters) * taps * kTileFilters + k % kTileFilters;
+    // Segment by segment: a division per tap cost more than the whole layer
+    // (48 -> 192 channels, 5x5: 230,400 taps).
+    for (int64_t e0 = 0, seg = 0; e0 < taps; e0 += w.seg_len, ++seg) {
+      const T* src = row + seg * w.seg_stride;
+      for (int64_t e = e0; e < std::min(taps, e0 + w.seg_len); ++e) out[e * kTileFilters] = src[e - e0];
+    }
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CONVX_SHIFTED_TILES_AVX512 1
+// acc[r][v] = bias[r] + sum over taps e of strip[e][r] * pixels[shift[e] + 16 v ..],
+// stored for the first `rows` filters into out + r * out_plane through `stores`.
+// ROWS x NV is 8 x 3, or 4 x 6 for a last strip of at most 4 filters (LeNet's 20
+// filters: 8 + 8 + 4 rows, not 24).
+template <int ROWS, int NV>
+__attribute__((target("avx512f"))) void register_tile_avx512(int64_t taps, const float* strip, const float* pixels,
+                                                             const int64_t* shift, const float* bias, int64_t rows,
+                                                             float* out, int64_t out_plane, const VectorStores* stores) {
+  __m512 acc[ROWS][NV];
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_ps(bias && r < rows ? bias[r] : 0.0f);
+  for (int64_t e = 0; e < taps; ++e) {
+    const float* x = pixels + shift[e];
+    __m512 xv[NV];
+    for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(x + 16 * v);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 w = _mm512_set1_ps(strip[e * kTileFilters + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(w, xv[v], acc[r][v]);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int v = 0; v < NV; ++v)
+      for (int i = 0; i < stores[v].rows; ++i)
+        _mm512_mask_storeu_ps(out + r * out_plane + stores[v].offset[i], stores[v].mask[i], acc[r][v]);
+}
+#else
+#define CONVX_SHIFTED_TILES_AVX512 0
+#endif
+
+bool register_tiles_available() {
+#if CONVX_SHIFTED_TILES_AVX512
+  static const bool available = __builtin_cpu_supports("avx512f");
+  return available;
+#else
+  return false;
+#endif
+}
+
+std::atomic<int> register_tiles_mode{-1};
+
+// The float forward by register tiles, for one group (groups == 1), any stride
+// and dilation. reverse_taps as in forward_shifted.
+void forward_register_tiles(const Conv2dParams& p, const float* input, SegmentedRows<float> filters,
+                            const std::vector<int64_t>& shift, const float* bias, float* output) {
+#if CONVX_SHIFTED_TILES_AVX512
+  const ShiftedGeometry g = shifted_geometry(p);
+  const int64_t C = p.C, K = p.K, taps = C * p.R * p.S, L = g.OH * g.OW;
+  const int64_t strips = (K + kTileFilters - 1) / kTileFilters;
+  Scratch<float> packed(strips * taps * kTileFilters);
+  pack_filter_strips<float>(K, taps, filters, packed.data());
+  const int64_t image_planes = C * g.phases * g.plane;
+  const int64_t images = images_per_chunk<float>(p, image_planes);
+  const int64_t tiles = (g.wide + kColumnsPerJob - 1) / kColumnsPerJob;
+  // The last job's vectors read up to kColumnsPerJob - 1 columns past the wide
+  // columns, and every read runs up to (S-1)*dw/sw + 16 past its column (g.slack).
+  const int64_t slack = kColumnsPerJob + g.slack;
+  Scratch<float> planes(images * image_planes + slack);
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  for (int64_t n0 = 0; n0 < p.N; n0 += images) {
+    const int64_t count = std::min(images, p.N - n0);
+#pragma omp parallel for schedule(static) num_threads(threads) if (count > 1)
+    for (int64_t j = 0; j < count; ++j)
+      fill_planes(p, g, input + (n0 + j) * C * p.H * p.W, C, 0, 1, planes.data() + j * image_planes);
+    std::fill(planes.data() + count * image_planes, planes.data() + count * image_planes + slack, 0.0f);
+    const int64_t jobs = count * tiles;
+#pragma omp parallel for schedule(static) num_threads(threads) if (jobs > 1)
+    for (int64_t job = 0; job < jobs; ++job) {
+      const int64_t j = job / tiles, q0 = (job % tiles) * kColumnsPerJob;
+      VectorStores stores[2 * kTileVectors];
+      for (int64_t v = 0; v < 2 * kTileVectors; ++v) stores[v] = vector_stores(g, q0 + 16 * v);
+      const float* pixels = planes.data() + j * image_planes + q0;
+      float* out = output + (n0 + j) * K * L;
+      for (int64_t i = 0; i < strips; ++i) {
+        const int64_t rows = std::min(kTileFilters, K - i * kTileFilters);
+        const float* strip = packed.data() + i * taps * kTileFilters;
+        const float* strip_bias = bias ? bias + i * kTileFilters : nullptr;
+        float* strip_out = out + i * kTileFilters * L;
+        if (rows <= kTileFilters / 2) {
+          register_tile_avx512<kTileFilters / 2, 2 * kTileVectors>(taps, strip, pixels, shift.data(), strip_bias, rows,
+                                                                    strip_out, L, stores);
+          continue;
+        }
+        register_tile_avx512<kTileFilters, kTileVectors>(taps, strip, pixels, shift.data(), strip_bias, rows, strip_out,
+                                                         L, stores);
+        // The second tile only where the job has wide columns left for it.
+        if (q0 + kColumnsPerJob / 2 < g.wide)
+          register_tile_avx512<kTileFilters, kTileVectors>(taps, strip, pixels + kColumnsPerJob / 2, shift.data(),
+                                                           strip_bias, rows, strip_out, L, stores + kTileVectors);
+      }
+    }
+  }
+#else
+  (void)p, (void)input, (void)filters, (void)shift, (void)bias, (void)output;
+#endif
+}
+
+// Whether the float forward runs by register tiles: on AVX-512, one group, output
+// rows of at least 6 wide columns (a vector touches at most 4 rows), and a
+// reduction short enough that the GEMM's fixed costs dominate it.
+bool forward_uses_register_tiles(const Conv2dParams& p, int64_t elem_bytes) {
+  if (elem_bytes != 4 || !register_tiles_available() || p.groups != 1) return false;
+  const ShiftedGeometry g = shifted_geometry(p);
+  if (g.Wq < 6) return false;
+  const int mode = register_tiles_mode.load();
+  if (mode >= 0) return mode == 1;
+  return p.C * p.R * p.S <= 32;
+}
+
 // The forward pass with the filters of each group as a Kg x CRS operand, group gr
 // at filters.base + gr * Kg * CRS. With reverse_taps, column (c, t) of the
 // filters multiplies tap R*S - 1 - t: backward-data passes the original weight
@@ -257,6 +435,12 @@ void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> fil
   if (reverse_taps)
     for (int64_t c = 0; c < p.channels_per_group(); ++c)
       std::reverse(shift.begin() + c * RS, shift.begin() + (c + 1) * RS);
+  if constexpr (std::is_same<T, float>::value) {
+    if (forward_uses_register_tiles(p, sizeof(T))) {
+      forward_register_tiles(p, input, filters, shift, bias, output);
+      return;
+    }
+  }
   // Reading B in place costs the dropped columns and, per image, a last partial
   // strip; gathering B costs a copy of it. Measured on one core (speed vs torch,
   // in place / gathered): where the in-place columns exceed the kept ones by 20%+
@@ -339,6 +523,14 @@ bool planes_are_sensible(const Conv2dParams& p) {
 }  // namespace
 
 bool conv2d_shifted_applies(const Conv2dParams& p) { return planes_are_sensible(p); }
+
+int conv2d_shifted_set_register_tiles(int mode) {
+  return register_tiles_mode.exchange(mode < 0 ? -1 : mode > 0 ? 1 : 0);
+}
+
+bool conv2d_shifted_forward_uses_register_tiles(const Conv2dParams& p, int64_t elem_bytes) {
+  return forward_uses_register_tiles(p, elem_bytes);
+}
 
 bool conv2d_shifted_backward_data_flips(const Conv2dParams& p) {
   if (p.channels_per_group() < 64) return false;
