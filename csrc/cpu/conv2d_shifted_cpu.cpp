@@ -321,7 +321,8 @@ void pack_filter_strips(int64_t filters, int64_t taps, SegmentedRows<T> w, T* ds
 template <int ROWS, int NV>
 __attribute__((target("avx512f"))) void register_tile_avx512(int64_t taps, const float* strip, const float* pixels,
                                                              const int64_t* shift, const float* bias, int64_t rows,
-                                                             float* out, int64_t out_plane, const VectorStores* stores) {
+                                                             float* out, int64_t out_plane,
+                                                             const VectorStores* stores) {
   __m512 acc[ROWS][NV];
   for (int r = 0; r < ROWS; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_ps(bias && r < rows ? bias[r] : 0.0f);
