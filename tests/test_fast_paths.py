@@ -860,6 +860,47 @@ def test_shifted_pixel_major_weight_gradient_keeps_non_finite_input_to_its_taps(
     assert not np.isfinite(got[:, 5, :, 2]).all()
 
 
+@pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
+    (2, 3, 32, 32, 8, 7, 2, 3),       # a 7x7 stride-2 stem: 16 output columns, one vector (float)
+    (64, 1, 16, 16, 6, 3, 1, 1),      # small images: 64 to a chunk, one segment per image row
+    (5, 4, 128, 128, 5, 3, 1, 1),     # 128 columns, three images to a chunk: chunks of 3 and 2
+    (2, 2, 20, 35, 3, 5, 1, 2),       # 35 columns: whole vectors in neither dtype, dY laid out wide
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shifted_weight_gradient_reads_output_rows_of_whole_vectors_in_place(N, C, H, W, K, R, stride, pad, dtype):
+    # Output rows of whole vectors (16 floats, 8 doubles) let the dot-product
+    # weight gradient read dY where it lies, segment by output row; other widths
+    # lay dY out wide. Both against the direct kernel in float64.
+    p = _conv_params(N, C, H, W, K, (pad,) * 4, R=R, S=R, stride=stride)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, C, H, W))
+    gy = rng.standard_normal((N, K, p.out_h(), p.out_w()))
+    want = np.empty((K, C, R, R))
+    _C.conv2d_backward_weight(p, gy, x, want, "direct")
+    got = np.empty((K, C, R, R), dtype)
+    assert _C.conv2d_backward_weight(p, gy.astype(dtype), x.astype(dtype), got, "shifted") == "shifted"
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_shifted_weight_gradient_in_place_keeps_non_finite_input_to_its_taps(value):
+    # With dY read in place only the direct convolution's products are formed, so
+    # a bad pixel needs no fallback: it spoils exactly the taps that see it.
+    p = _conv_params(2, 3, 8, 18, 4, (0, 0, 0, 0))  # 16 output columns
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 8, 18))
+    x[1, 2, 4, 17] = value  # the last column: seen by the right-hand taps only
+    gy = rng.standard_normal((2, 4, 6, 16))
+    got, want = np.empty((4, 3, 3, 3)), np.empty((4, 3, 3, 3))
+    assert _C.conv2d_backward_weight(p, gy, x, got, "shifted") == "shifted"
+    _C.conv2d_backward_weight(p, gy, x, want, "direct")
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * np.abs(want[np.isfinite(want)]).max(),
+                               equal_nan=True)
+    assert np.isfinite(np.delete(got, 2, axis=1)).all() and np.isfinite(got[:, 2, :, :2]).all()
+    assert not np.isfinite(got[:, 2, :, 2]).all()
+
+
 @pytest.mark.parametrize("N,C,H,K,R", [
     (3, 64, 30, 16, 3),  # the filters packed once for in-place B
     (2, 96, 7, 40, 3),   # and per strip for a gathered B (small images)

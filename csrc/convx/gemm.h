@@ -22,6 +22,17 @@ bool gemm_reads_b_in_place(int64_t M, int64_t N, int64_t K, int64_t elem_bytes);
 // (double too, by the C++ micro-kernel); returns the previous setting.
 int gemm_set_in_place_b(int mode);
 
+// C (M x N) = sum over segments s and t < seg_len of A_rows[m][a_off[s] + t] *
+// B_rows[n][b_off[s] + t], + beta * C: the dot products of gemm_abt_rows_cpu over
+// a reduction that comes in pieces (the rows of an output gradient read in place,
+// one segment per output row). seg_len must be a whole number of 64-byte vectors
+// (16 floats, 8 doubles), and M * N at most the dot products' limit
+// (gemm_abt_uses_dot_products).
+template <typename T>
+void gemm_abt_segments_cpu(int64_t M, int64_t N, int64_t segments, int64_t seg_len, const T* const* A_rows,
+                           const int64_t* a_off, const T* const* B_rows, const int64_t* b_off, T beta, T* C,
+                           int64_t ldc);
+
 // C (M x N) = A (M x K) * B (N x K)^T + beta * C for small M x N and long K (dot
 // products vectorized along K), e.g. the weight gradient of a few-tap layer.
 template <typename T>

@@ -1025,6 +1025,44 @@ bool conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_outpu
   return true;
 }
 
+// The dot-product weight gradient with dY read in place, for output rows of whole
+// vectors (a 7x7 stem's 112): segment (j, oh) pairs dY row oh of image j with
+// row oh of its planes, so only the kept columns are multiplied. Laying dY out
+// wide instead copied all of it once per call (25.7 MB for the stem at batch 8,
+// which then came back from L3): skipping that copy made the stem's weight
+// gradient 20-35% faster. Every product is one of the direct convolution's, so
+// this form needs no test for non-finite input either.
+template <typename T>
+void backward_weight_dy_in_place(const Conv2dParams& p, const ShiftedGeometry& g, const T* grad_output,
+                                 const T* input, T* grad_weight) {
+  const int64_t Cg = p.channels_per_group(), Kg = p.filters_per_group(), CRS = Cg * p.R * p.S;
+  const int64_t images = images_per_chunk<T>(p, Cg * g.phases * g.plane);
+  const std::vector<int64_t> shift = row_shifts(p, g, Cg, images);
+  Scratch<T> planes(Cg * g.phases * images * g.plane);
+  std::vector<const T*> a_rows(Kg), b_rows(CRS);
+  for (int64_t e = 0; e < CRS; ++e) b_rows[e] = planes.data() + shift[e];
+  std::vector<int64_t> a_off(images * g.OH), b_off(images * g.OH);
+  for (int64_t j = 0; j < images; ++j)
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      a_off[j * g.OH + oh] = (j * p.K * g.OH + oh) * g.OW;
+      b_off[j * g.OH + oh] = j * g.plane + oh * g.Wq;
+    }
+  for (int64_t gr = 0; gr < p.groups; ++gr)
+    for (int64_t n0 = 0; n0 < p.N; n0 += images) {
+      const int64_t count = std::min(images, p.N - n0), jobs = count * Cg;
+#pragma omp parallel for schedule(static) \
+    if (jobs > 1 && double(count) * double(Cg * g.phases) * double(g.plane) > 65536.0 && !omp_in_parallel())
+      for (int64_t job = 0; job < jobs; ++job) {
+        const int64_t j = job / Cg, c = job % Cg;
+        fill_planes(p, g, input + ((n0 + j) * p.C + gr * Cg + c) * p.H * p.W, 1, j, images,
+                    planes.data() + c * g.phases * images * g.plane);
+      }
+      for (int64_t k = 0; k < Kg; ++k) a_rows[k] = grad_output + (n0 * p.K + gr * Kg + k) * g.OH * g.OW;
+      gemm_abt_segments_cpu<T>(Kg, CRS, count * g.OH, g.OW, a_rows.data(), a_off.data(), b_rows.data(), b_off.data(),
+                               n0 > 0 ? T(1) : T(0), grad_weight + gr * Kg * CRS, CRS);
+    }
+}
+
 template <typename T>
 bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                         T* grad_weight) {
@@ -1036,6 +1074,10 @@ bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_out
   const ShiftedGeometry g = shifted_geometry(p);
   if (!gemm_abt_uses_dot_products(Kg, CRS)) {
     backward_weight_pixel_major(p, g, grad_output, input, grad_weight);
+    return true;
+  }
+  if (g.OW % (64 / int64_t(sizeof(T))) == 0) {
+    backward_weight_dy_in_place(p, g, grad_output, input, grad_weight);
     return true;
   }
   // Images go through in chunks, their planes (and wide dY) laid end to end, so a

@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "convx/simd.h"
@@ -1255,20 +1256,29 @@ CONVX_INSTANTIATE_PACKED(double)
 // on a 7x7 stem's weight gradient and shorter ones lose more: every block reloads
 // and stores its partial-sum vectors once per chunk. Lanes are summed in a fixed
 // order at the end: bitwise repeatable for any thread count.
+// The terms come in segments: segment s covers a_rows[m][a_off[s] + t] and
+// b_rows[n][b_off[s] + t] for t < seg_len (a whole number of vectors). One
+// segment of length k1 - k0 at offsets k0 is a plain run of K.
 template <typename T, int BM, int BN>
-CONVX_SIMD_CLONES void dot_block(int64_t k0, int64_t k1, const T* const* a_rows, const T* const* b_rows,
-                                 T* acc /* BM*BN vectors */) {
+CONVX_SIMD_CLONES void dot_block(int64_t s0, int64_t s1, const int64_t* a_off, const int64_t* b_off, int64_t seg_len,
+                                 const T* const* a_rows, const T* const* b_rows, T* acc /* BM*BN vectors */) {
   typedef typename Vec<T>::type V;
   constexpr int64_t L = kLanes<T>;
   V sum[BM][BN];
   for (int m = 0; m < BM; ++m)
     for (int n = 0; n < BN; ++n) std::memcpy(&sum[m][n], acc + (m * BN + n) * L, sizeof(V));
-  for (int64_t k = k0; k < k1; k += L) {
-    V a[BM], b[BN];
-    for (int m = 0; m < BM; ++m) std::memcpy(&a[m], a_rows[m] + k, sizeof(V));
-    for (int n = 0; n < BN; ++n) std::memcpy(&b[n], b_rows[n] + k, sizeof(V));
-    for (int m = 0; m < BM; ++m)
-      for (int n = 0; n < BN; ++n) sum[m][n] += a[m] * b[n];
+  for (int64_t seg = s0; seg < s1; ++seg) {
+    const T* a_seg[BM];
+    const T* b_seg[BN];
+    for (int m = 0; m < BM; ++m) a_seg[m] = a_rows[m] + a_off[seg];
+    for (int n = 0; n < BN; ++n) b_seg[n] = b_rows[n] + b_off[seg];
+    for (int64_t k = 0; k < seg_len; k += L) {
+      V a[BM], b[BN];
+      for (int m = 0; m < BM; ++m) std::memcpy(&a[m], a_seg[m] + k, sizeof(V));
+      for (int n = 0; n < BN; ++n) std::memcpy(&b[n], b_seg[n] + k, sizeof(V));
+      for (int m = 0; m < BM; ++m)
+        for (int n = 0; n < BN; ++n) sum[m][n] += a[m] * b[n];
+    }
   }
   for (int m = 0; m < BM; ++m)
     for (int n = 0; n < BN; ++n) std::memcpy(acc + (m * BN + n) * L, &sum[m][n], sizeof(V));
@@ -1287,10 +1297,56 @@ bool gemm_abt_uses_dot_products(int64_t M, int64_t N) {
   return M * N <= kDotProductMaxOutputs;
 }
 
+namespace {
+constexpr int64_t kDotBM = 4, kDotBN = 5, kDotChunk = 1024;
+
+// The dot products' driver: blocks of kDotBM x kDotBN outputs, each keeping its
+// partial-sum vectors in `acc` between chunks of segments (segments [s0, s1) of
+// chunk c given by chunk_segments(c)); then each output's lanes summed in a fixed
+// order, plus tail(m, n) (terms past the vectors, or 0), into C.
+template <typename T, typename ChunkSegments, typename Tail>
+void dot_products(int64_t M, int64_t N, int64_t chunks, ChunkSegments chunk_segments, const int64_t* a_off,
+                  const int64_t* b_off, int64_t seg_len, const T* const* A_rows, const T* const* B_rows, bool parallel,
+                  Tail tail, T beta, T* C, int64_t ldc) {
+  constexpr int64_t L = kLanes<T>, BM = kDotBM, BN = kDotBN;
+  const int64_t mb = (M + BM - 1) / BM, nb = (N + BN - 1) / BN, blocks = mb * nb;
+  Scratch<T> acc_buffer(blocks * BM * BN * L);
+  T* const acc = acc_buffer.data();
+  std::fill(acc, acc + blocks * BM * BN * L, T(0));
+#pragma omp parallel if ((parallel) && !omp_in_parallel())
+  for (int64_t c = 0; c < chunks; ++c) {
+    const auto [s0, s1] = chunk_segments(c);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
+      // Edge blocks repeat the last row instead of branching; those sums are dropped.
+      const T* a_rows[BM];
+      const T* b_rows[BN];
+      for (int64_t m = 0; m < BM; ++m) a_rows[m] = A_rows[std::min(m0 + m, M - 1)];
+      for (int64_t n = 0; n < BN; ++n) b_rows[n] = B_rows[std::min(n0 + n, N - 1)];
+      dot_block<T, BM, BN>(s0, s1, a_off, b_off, seg_len, a_rows, b_rows, acc + blk * BM * BN * L);
+    }
+  }
+#pragma omp parallel for schedule(static) if ((parallel) && !omp_in_parallel())
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
+    for (int64_t m = 0; m < std::min(BM, M - m0); ++m)
+      for (int64_t n = 0; n < std::min(BN, N - n0); ++n) {
+        const T* lanes = acc + (blk * BM * BN + m * BN + n) * L;
+        T sum = 0;
+        for (int64_t l = 0; l < L; ++l) sum += lanes[l];
+        sum += tail(m0 + m, n0 + n);
+        T* c = C + (m0 + m) * ldc + (n0 + n);
+        *c = (beta != T(0) ? *c : T(0)) + sum;
+      }
+  }
+}
+}  // namespace
+
 template <typename T>
 void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, const T* const* B_rows, T beta, T* C,
                        int64_t ldc) {
-  constexpr int64_t L = kLanes<T>, BM = 4, BN = 5, kChunk = 1024;
+  constexpr int64_t L = kLanes<T>;
   if (M <= 0 || N <= 0) return;
   if (!gemm_abt_uses_dot_products(M, N)) {
     gemm_blocked<T>(
@@ -1305,38 +1361,47 @@ void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, 
     return;
   }
   const int64_t K_vec = K / L * L;  // the tail (K % L terms) is added in scalar, in order
-  const int64_t mb = (M + BM - 1) / BM, nb = (N + BN - 1) / BN, blocks = mb * nb;
-  Scratch<T> acc_buffer(blocks * BM * BN * L);
-  T* const acc = acc_buffer.data();
-  std::fill(acc, acc + blocks * BM * BN * L, T(0));
+  // Chunk c is one segment, terms [c * kDotChunk, ...) at offsets equal to its start.
+  const int64_t chunks = (K_vec + kDotChunk - 1) / kDotChunk;
+  std::vector<int64_t> starts(std::max<int64_t>(chunks, 1));
+  for (int64_t c = 0; c < chunks; ++c) starts[c] = c * kDotChunk;
+  // A last chunk shorter than kDotChunk is its own segment length: run it apart.
+  const int64_t full = K_vec / kDotChunk, rest = K_vec - full * kDotChunk;
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
-#pragma omp parallel if ((parallel) && !omp_in_parallel())
-  for (int64_t k0 = 0; k0 < K_vec; k0 += kChunk) {
-    const int64_t k1 = std::min(K_vec, k0 + kChunk);
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
-      // Edge blocks repeat the last row instead of branching; those sums are dropped.
-      const T* a_rows[BM];
-      const T* b_rows[BN];
-      for (int64_t m = 0; m < BM; ++m) a_rows[m] = A_rows[std::min(m0 + m, M - 1)];
-      for (int64_t n = 0; n < BN; ++n) b_rows[n] = B_rows[std::min(n0 + n, N - 1)];
-      dot_block<T, BM, BN>(k0, k1, a_rows, b_rows, acc + blk * BM * BN * L);
-    }
+  const auto tail = [=](int64_t m, int64_t n) {
+    T sum = 0;
+    for (int64_t k = K_vec; k < K; ++k) sum += A_rows[m][k] * B_rows[n][k];
+    return sum;
+  };
+  const auto no_tail = [](int64_t, int64_t) { return T(0); };
+  const auto one_segment = [](int64_t c) { return std::pair<int64_t, int64_t>{c, c + 1}; };
+  if (rest == 0) {
+    dot_products<T>(M, N, full, one_segment, starts.data(), starts.data(), kDotChunk, A_rows, B_rows, parallel, tail,
+                    beta, C, ldc);
+    return;
   }
-#pragma omp parallel for schedule(static) if ((parallel) && !omp_in_parallel())
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
-    for (int64_t m = 0; m < std::min(BM, M - m0); ++m)
-      for (int64_t n = 0; n < std::min(BN, N - n0); ++n) {
-        const T* lanes = acc + (blk * BM * BN + m * BN + n) * L;
-        T sum = 0;
-        for (int64_t l = 0; l < L; ++l) sum += lanes[l];
-        for (int64_t k = K_vec; k < K; ++k) sum += A_rows[m0 + m][k] * B_rows[n0 + n][k];
-        T* c = C + (m0 + m) * ldc + (n0 + n);
-        *c = (beta != T(0) ? *c : T(0)) + sum;
-      }
+  if (full > 0) {
+    dot_products<T>(M, N, full, one_segment, starts.data(), starts.data(), kDotChunk, A_rows, B_rows, parallel,
+                    no_tail, beta, C, ldc);
+    beta = T(1);
   }
+  dot_products<T>(M, N, 1, [=](int64_t) { return std::pair<int64_t, int64_t>{full, full + 1}; }, starts.data(),
+                  starts.data(), rest, A_rows, B_rows, parallel, tail, beta, C, ldc);
+}
+
+template <typename T>
+void gemm_abt_segments_cpu(int64_t M, int64_t N, int64_t segments, int64_t seg_len, const T* const* A_rows,
+                           const int64_t* a_off, const T* const* B_rows, const int64_t* b_off, T beta, T* C,
+                           int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  // Chunks of whole segments, about kDotChunk terms each (see dot_block).
+  const int64_t per_chunk = std::max<int64_t>(1, kDotChunk / std::max<int64_t>(seg_len, 1));
+  const int64_t chunks = (segments + per_chunk - 1) / per_chunk;
+  const bool parallel = double(M) * double(N) * double(segments) * double(seg_len) > 4194304.0;
+  dot_products<T>(
+      M, N, chunks,
+      [=](int64_t c) { return std::pair<int64_t, int64_t>{c * per_chunk, std::min(segments, (c + 1) * per_chunk)}; },
+      a_off, b_off, seg_len, A_rows, B_rows, parallel, [](int64_t, int64_t) { return T(0); }, beta, C, ldc);
 }
 
 template <typename T>
@@ -1352,6 +1417,10 @@ template void gemm_abt_rows_cpu<float>(int64_t, int64_t, int64_t, const float* c
                                        float*, int64_t);
 template void gemm_abt_rows_cpu<double>(int64_t, int64_t, int64_t, const double* const*, const double* const*,
                                         double, double*, int64_t);
+template void gemm_abt_segments_cpu<float>(int64_t, int64_t, int64_t, int64_t, const float* const*, const int64_t*,
+                                          const float* const*, const int64_t*, float, float*, int64_t);
+template void gemm_abt_segments_cpu<double>(int64_t, int64_t, int64_t, int64_t, const double* const*, const int64_t*,
+                                           const double* const*, const int64_t*, double, double*, int64_t);
 template void gemm_abt_small_cpu<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
                                         float, float*, int64_t);
 template void gemm_abt_small_cpu<double>(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,
