@@ -863,7 +863,7 @@ def test_shifted_pixel_major_weight_gradient_keeps_non_finite_input_to_its_taps(
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
     (2, 3, 32, 32, 8, 7, 2, 3),       # a 7x7 stride-2 stem: 16 output columns, one vector (float)
     (64, 1, 16, 16, 6, 3, 1, 1),      # small images: 64 to a chunk, one segment per image row
-    (5, 4, 128, 128, 5, 3, 1, 1),     # 128 columns, three images to a chunk: chunks of 3 and 2
+    (5, 4, 128, 128, 5, 3, 1, 1),     # 128 columns; float: 3 images to a chunk, chunks of 3 and 2
     (2, 2, 20, 35, 3, 5, 1, 2),       # 35 columns: whole vectors in neither dtype, dY laid out wide
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
