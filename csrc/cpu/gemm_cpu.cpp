@@ -27,7 +27,6 @@
 #include <atomic>
 #include <cstring>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "convx/simd.h"
@@ -1257,8 +1256,8 @@ CONVX_INSTANTIATE_PACKED(double)
 // and stores its partial-sum vectors once per chunk. Lanes are summed in a fixed
 // order at the end: bitwise repeatable for any thread count.
 // The terms come in segments: segment s covers a_rows[m][a_off[s] + t] and
-// b_rows[n][b_off[s] + t] for t < seg_len (a whole number of vectors). One
-// segment of length k1 - k0 at offsets k0 is a plain run of K.
+// b_rows[n][b_off[s] + t] for t < seg_len (a whole number of vectors). A plain
+// run of K is one segment per chunk, at offsets equal to the chunk's start.
 template <typename T, int BM, int BN>
 CONVX_SIMD_CLONES void dot_block(int64_t s0, int64_t s1, const int64_t* a_off, const int64_t* b_off, int64_t seg_len,
                                  const T* const* a_rows, const T* const* b_rows, T* acc /* BM*BN vectors */) {
@@ -1300,14 +1299,19 @@ bool gemm_abt_uses_dot_products(int64_t M, int64_t N) {
 namespace {
 constexpr int64_t kDotBM = 4, kDotBN = 5, kDotChunk = 1024;
 
+// Segments [s0, s1) of one chunk, each seg_len terms long.
+struct DotChunk {
+  int64_t s0, s1, seg_len;
+};
+
 // The dot products' driver: blocks of kDotBM x kDotBN outputs, each keeping its
-// partial-sum vectors in `acc` between chunks of segments (segments [s0, s1) of
-// chunk c given by chunk_segments(c)); then each output's lanes summed in a fixed
-// order, plus tail(m, n) (terms past the vectors, or 0), into C.
-template <typename T, typename ChunkSegments, typename Tail>
-void dot_products(int64_t M, int64_t N, int64_t chunks, ChunkSegments chunk_segments, const int64_t* a_off,
-                  const int64_t* b_off, int64_t seg_len, const T* const* A_rows, const T* const* B_rows, bool parallel,
-                  Tail tail, T beta, T* C, int64_t ldc) {
+// partial-sum vectors in `acc` between chunks (chunk c is chunk_at(c)); then
+// each output's lanes summed in a fixed order, plus tail(m, n) (terms past the
+// vectors, or 0), into C.
+template <typename T, typename ChunkAt, typename Tail>
+void dot_products(int64_t M, int64_t N, int64_t chunks, ChunkAt chunk_at, const int64_t* a_off, const int64_t* b_off,
+                  const T* const* A_rows, const T* const* B_rows, bool parallel, Tail tail, T beta, T* C,
+                  int64_t ldc) {
   constexpr int64_t L = kLanes<T>, BM = kDotBM, BN = kDotBN;
   const int64_t mb = (M + BM - 1) / BM, nb = (N + BN - 1) / BN, blocks = mb * nb;
   Scratch<T> acc_buffer(blocks * BM * BN * L);
@@ -1315,7 +1319,7 @@ void dot_products(int64_t M, int64_t N, int64_t chunks, ChunkSegments chunk_segm
   std::fill(acc, acc + blocks * BM * BN * L, T(0));
 #pragma omp parallel if ((parallel) && !omp_in_parallel())
   for (int64_t c = 0; c < chunks; ++c) {
-    const auto [s0, s1] = chunk_segments(c);
+    const DotChunk chunk = chunk_at(c);
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t m0 = blk / nb * BM, n0 = blk % nb * BN;
@@ -1324,7 +1328,8 @@ void dot_products(int64_t M, int64_t N, int64_t chunks, ChunkSegments chunk_segm
       const T* b_rows[BN];
       for (int64_t m = 0; m < BM; ++m) a_rows[m] = A_rows[std::min(m0 + m, M - 1)];
       for (int64_t n = 0; n < BN; ++n) b_rows[n] = B_rows[std::min(n0 + n, N - 1)];
-      dot_block<T, BM, BN>(s0, s1, a_off, b_off, seg_len, a_rows, b_rows, acc + blk * BM * BN * L);
+      dot_block<T, BM, BN>(chunk.s0, chunk.s1, a_off, b_off, chunk.seg_len, a_rows, b_rows,
+                           acc + blk * BM * BN * L);
     }
   }
 #pragma omp parallel for schedule(static) if ((parallel) && !omp_in_parallel())
@@ -1361,32 +1366,20 @@ void gemm_abt_rows_cpu(int64_t M, int64_t N, int64_t K, const T* const* A_rows, 
     return;
   }
   const int64_t K_vec = K / L * L;  // the tail (K % L terms) is added in scalar, in order
-  // Chunk c is one segment, terms [c * kDotChunk, ...) at offsets equal to its start.
+  // Chunk c is segment c: terms [c * kDotChunk, ...), the last one shorter.
   const int64_t chunks = (K_vec + kDotChunk - 1) / kDotChunk;
   std::vector<int64_t> starts(std::max<int64_t>(chunks, 1));
   for (int64_t c = 0; c < chunks; ++c) starts[c] = c * kDotChunk;
-  // A last chunk shorter than kDotChunk is its own segment length: run it apart.
-  const int64_t full = K_vec / kDotChunk, rest = K_vec - full * kDotChunk;
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
-  const auto tail = [=](int64_t m, int64_t n) {
-    T sum = 0;
-    for (int64_t k = K_vec; k < K; ++k) sum += A_rows[m][k] * B_rows[n][k];
-    return sum;
-  };
-  const auto no_tail = [](int64_t, int64_t) { return T(0); };
-  const auto one_segment = [](int64_t c) { return std::pair<int64_t, int64_t>{c, c + 1}; };
-  if (rest == 0) {
-    dot_products<T>(M, N, full, one_segment, starts.data(), starts.data(), kDotChunk, A_rows, B_rows, parallel, tail,
-                    beta, C, ldc);
-    return;
-  }
-  if (full > 0) {
-    dot_products<T>(M, N, full, one_segment, starts.data(), starts.data(), kDotChunk, A_rows, B_rows, parallel,
-                    no_tail, beta, C, ldc);
-    beta = T(1);
-  }
-  dot_products<T>(M, N, 1, [=](int64_t) { return std::pair<int64_t, int64_t>{full, full + 1}; }, starts.data(),
-                  starts.data(), rest, A_rows, B_rows, parallel, tail, beta, C, ldc);
+  dot_products<T>(
+      M, N, chunks, [=](int64_t c) { return DotChunk{c, c + 1, std::min(kDotChunk, K_vec - c * kDotChunk)}; },
+      starts.data(), starts.data(), A_rows, B_rows, parallel,
+      [=](int64_t m, int64_t n) {
+        T sum = 0;
+        for (int64_t k = K_vec; k < K; ++k) sum += A_rows[m][k] * B_rows[n][k];
+        return sum;
+      },
+      beta, C, ldc);
 }
 
 template <typename T>
@@ -1400,8 +1393,8 @@ void gemm_abt_segments_cpu(int64_t M, int64_t N, int64_t segments, int64_t seg_l
   const bool parallel = double(M) * double(N) * double(segments) * double(seg_len) > 4194304.0;
   dot_products<T>(
       M, N, chunks,
-      [=](int64_t c) { return std::pair<int64_t, int64_t>{c * per_chunk, std::min(segments, (c + 1) * per_chunk)}; },
-      a_off, b_off, seg_len, A_rows, B_rows, parallel, [](int64_t, int64_t) { return T(0); }, beta, C, ldc);
+      [=](int64_t c) { return DotChunk{c * per_chunk, std::min(segments, (c + 1) * per_chunk), seg_len}; }, a_off,
+      b_off, A_rows, B_rows, parallel, [](int64_t, int64_t) { return T(0); }, beta, C, ldc);
 }
 
 template <typename T>
