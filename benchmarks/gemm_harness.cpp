@@ -8,7 +8,7 @@
 //
 // From the repository root:
 //   g++ -O3 -g -fopenmp -std=c++17 -Icsrc -o gemm_harness benchmarks/gemm_harness.cpp
-//       csrc/cpu/gemm_cpu.cpp csrc/cpu/workspace_cpu.cpp
+//       csrc/cpu/gemm_cpu.cpp csrc/cpu/workspace_cpu.cpp csrc/cpu/cpu_info.cpp
 //   ./gemm_harness M N K [operands=8] [seconds=2] [peak_gflops=0]
 //
 // Prints the median and best time per product and, given the measured FP32

@@ -19,7 +19,7 @@ def harness(tmp_path_factory):
     # -O1: the build is what is tested here, not the speed.
     cmd = ["g++", "-O1", "-fopenmp", "-std=c++17", f"-I{ROOT / 'csrc'}", "-o", str(exe),
            str(ROOT / "benchmarks" / "gemm_harness.cpp"), str(ROOT / "csrc" / "cpu" / "gemm_cpu.cpp"),
-           str(ROOT / "csrc" / "cpu" / "workspace_cpu.cpp")]
+           str(ROOT / "csrc" / "cpu" / "workspace_cpu.cpp"), str(ROOT / "csrc" / "cpu" / "cpu_info.cpp")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return exe

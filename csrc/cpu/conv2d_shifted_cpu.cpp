@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "convx/conv2d.h"
+#include "convx/cpu_info.h"
 #include "convx/gemm.h"
 #include "convx/simd.h"
 #include "convx/workspace.h"
@@ -344,15 +345,6 @@ __attribute__((target("avx512f"))) void register_tile_avx512(int64_t taps, const
 #define CONVX_SHIFTED_TILES_AVX512 0
 #endif
 
-bool register_tiles_available() {
-#if CONVX_SHIFTED_TILES_AVX512
-  static const bool available = __builtin_cpu_supports("avx512f");
-  return available;
-#else
-  return false;
-#endif
-}
-
 std::atomic<int> register_tiles_mode{-1};
 
 // The float forward by register tiles, for one group (groups == 1), any stride
@@ -415,7 +407,7 @@ void forward_register_tiles(const Conv2dParams& p, const float* input, Segmented
 // rows of at least 6 wide columns (a vector touches at most 4 rows), and a
 // reduction short enough that the GEMM's fixed costs dominate it.
 bool forward_uses_register_tiles(const Conv2dParams& p, int64_t elem_bytes) {
-  if (elem_bytes != 4 || !register_tiles_available() || p.groups != 1) return false;
+  if (elem_bytes != 4 || !CONVX_SHIFTED_TILES_AVX512 || !cpu_has_avx512f() || p.groups != 1) return false;
   const ShiftedGeometry g = shifted_geometry(p);
   if (g.Wq < 6) return false;
   const int mode = register_tiles_mode.load();

@@ -14,6 +14,15 @@ std::string simd_level() {
   return "scalar";
 }
 
+bool cpu_has_avx512f() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
 int max_threads() { return omp_get_max_threads(); }
 
 }  // namespace convx

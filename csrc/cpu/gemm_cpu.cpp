@@ -29,6 +29,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "convx/cpu_info.h"
 #include "convx/simd.h"
 #include "convx/workspace.h"
 
@@ -400,14 +401,7 @@ inline void micro_kernel_in_place_b_avx512(int64_t, const float*, const float*, 
 #endif
 
 // Whether micro_kernel_in_place_b_avx512 can run here.
-bool in_place_b_kernel_available() {
-#if CONVX_GEMM_ASM_AVX512
-  static const bool available = __builtin_cpu_supports("avx512f");
-  return available;
-#else
-  return false;
-#endif
-}
+bool in_place_b_kernel_available() { return CONVX_GEMM_ASM_AVX512 && cpu_has_avx512f(); }
 
 // Row i of an operand stored with rows contiguous along the reduction: at rows[i]
 // (RowTable) or at base + i * ld (StridedRows).
