@@ -349,10 +349,10 @@ std::atomic<int> register_tiles_mode{-1};
 
 // The float forward by register tiles, for one group (groups == 1), any stride
 // and dilation. reverse_taps as in forward_shifted.
-void forward_register_tiles(const Conv2dParams& p, const float* input, SegmentedRows<float> filters,
-                            const std::vector<int64_t>& shift, const float* bias, float* output) {
+void forward_register_tiles(const Conv2dParams& p, const ShiftedGeometry& g, const float* input,
+                            SegmentedRows<float> filters, const std::vector<int64_t>& shift, const float* bias,
+                            float* output) {
 #if CONVX_SHIFTED_TILES_AVX512
-  const ShiftedGeometry g = shifted_geometry(p);
   const int64_t C = p.C, K = p.K, taps = C * p.R * p.S, L = g.OH * g.OW;
   const int64_t strips = (K + kTileFilters - 1) / kTileFilters;
   Scratch<float> packed(strips * taps * kTileFilters);
@@ -399,7 +399,7 @@ void forward_register_tiles(const Conv2dParams& p, const float* input, Segmented
     }
   }
 #else
-  (void)p, (void)input, (void)filters, (void)shift, (void)bias, (void)output;
+  (void)p, (void)g, (void)input, (void)filters, (void)shift, (void)bias, (void)output;
 #endif
 }
 
@@ -430,7 +430,7 @@ void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> fil
       std::reverse(shift.begin() + c * RS, shift.begin() + (c + 1) * RS);
   if constexpr (std::is_same<T, float>::value) {
     if (forward_uses_register_tiles(p, sizeof(T))) {
-      forward_register_tiles(p, input, filters, shift, bias, output);
+      forward_register_tiles(p, g, input, filters, shift, bias, output);
       return;
     }
   }
