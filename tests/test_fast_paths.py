@@ -684,18 +684,36 @@ def test_shifted_forward_by_register_tiles_matches_direct(N, C, K, H, W, R, S, s
 
 
 @pytest.mark.skipif(_C.simd_level() != "avx512", reason="the register tiles are AVX-512 code")
-def test_register_tiles_rule_takes_short_reductions_only():
-    # LeNet's first layer (25 taps) and the digits CNN's (9) run by register
-    # tiles; a 48-channel 5x5 layer (1200 taps) keeps the GEMM, as do float64
-    # and grouped layers.
+def test_register_tiles_rule():
+    # Short reductions run by register tiles: LeNet's first layer (25 taps) and
+    # the digits CNN's (9). So do layers of at most 64 filters over at most 600
+    # taps with few dropped columns on small images: the digits CNN's second
+    # layer (25 -> 50 3x3 on 13x13: 225 taps, 13 wide columns per 11 kept).
     lenet1 = _conv_params(64, 1, 28, 28, 20, (0, 0, 0, 0), R=5, S=5)
     digits1 = _conv_params(64, 1, 28, 28, 25, (1, 1, 1, 1))
-    alphago_in = _conv_params(1, 48, 19, 19, 192, (2, 2, 2, 2), R=5, S=5)
-    grouped = _conv_params(2, 2, 28, 28, 4, (1, 1, 1, 1), groups=2)
-    assert _C._shifted_uses_register_tiles(lenet1, 4) and _C._shifted_uses_register_tiles(digits1, 4)
-    assert not _C._shifted_uses_register_tiles(alphago_in, 4)
+    digits2 = _conv_params(64, 25, 13, 13, 50, (0, 0, 0, 0))
+    at_limits = [
+        _conv_params(8, 64, 13, 13, 64, (0, 0, 0, 0)),  # 64 filters, 576 taps
+        _conv_params(8, 24, 20, 20, 32, (0, 0, 0, 0), R=5, S=5),  # 600 taps, 20 wide columns per 16 kept
+    ]
+    for p in [lenet1, digits1, digits2] + at_limits:
+        assert _C._shifted_uses_register_tiles(p, 4)
+    # The GEMM keeps: 192 filters (AlphaGo's input layer, also 1200 taps); 65
+    # filters; 640 taps; LeNet's second layer (12 wide columns per 8 kept); a
+    # 56x56 image (3248 wide columns) and the 7x7 stem; float64; groups.
+    gemm = [
+        _conv_params(1, 48, 19, 19, 192, (2, 2, 2, 2), R=5, S=5),
+        _conv_params(64, 25, 13, 13, 65, (0, 0, 0, 0)),
+        _conv_params(8, 64, 13, 13, 50, (0, 0, 0, 0), R=10, S=1),
+        _conv_params(64, 20, 12, 12, 50, (0, 0, 0, 0), R=5, S=5),
+        _conv_params(8, 64, 56, 56, 64, (1, 1, 1, 1)),
+        _conv_params(8, 3, 224, 224, 64, (3, 3, 3, 3), R=7, S=7, stride=(2, 2)),
+        _conv_params(2, 2, 28, 28, 4, (1, 1, 1, 1), groups=2),
+    ]
+    for p in gemm:
+        assert not _C._shifted_uses_register_tiles(p, 4)
     assert not _C._shifted_uses_register_tiles(lenet1, 8)
-    assert not _C._shifted_uses_register_tiles(grouped, 4)
+    assert not _C._shifted_uses_register_tiles(digits2, 8)
     # The seam's "never" turns the path off; the answer does not change.
     rng = np.random.default_rng(7)
     x, w, b = rng.standard_normal((4, 1, 28, 28)), rng.standard_normal((20, 1, 5, 5)), rng.standard_normal(20)
@@ -704,6 +722,24 @@ def test_register_tiles_rule_takes_short_reductions_only():
     off, uses_off = _forward_by_register_tiles(p, x, w, b, 0)
     assert uses_on and not uses_off
     np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(_C.simd_level() != "avx512", reason="the register tiles are AVX-512 code")
+@pytest.mark.parametrize("N,C,H,W,K,R,pad,bias", [
+    (2, 25, 13, 13, 50, 3, 0, True),   # the digits CNN's second layer: 225 taps, 8 + 8 + ... + 2 filters
+    (1, 24, 20, 20, 32, 5, 0, False),  # 600 taps, the longest reduction the rule gives the tiles
+    (3, 64, 13, 11, 64, 3, 1, True),   # 576 taps, 64 filters, padding
+])
+def test_register_tiles_over_long_reductions_match_direct(N, C, H, W, K, R, pad, bias):
+    p = _conv_params(N, C, H, W, K, (pad,) * 4, R=R, S=R)
+    rng = np.random.default_rng(C * K)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, R, R))
+    b = rng.standard_normal(K) if bias else None
+    want = np.empty((p.N, p.K, p.out_h(), p.out_w()))
+    _C.conv2d_forward(p, x, w, b, want, "direct")
+    got, uses = _forward_by_register_tiles(p, x, w, b, -1)
+    assert uses  # by the rule, not forced
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6 * np.sqrt(C * R * R) * np.abs(want).max())
 
 
 @pytest.mark.skipif(_C.simd_level() != "avx512", reason="the register tiles are AVX-512 code")

@@ -404,15 +404,39 @@ void forward_register_tiles(const Conv2dParams& p, const ShiftedGeometry& g, con
 }
 
 // Whether the float forward runs by register tiles: on AVX-512, one group, output
-// rows of at least 6 wide columns (a vector touches at most 4 rows), and a
-// reduction short enough that the GEMM's fixed costs dominate it.
+// rows of at least 6 wide columns (a vector touches at most 4 rows), and either
+// a reduction short enough that the GEMM's fixed costs dominate it (32 taps), or
+// few filters over a moderate reduction with few dropped columns. The GEMM packs
+// B once per image for all the filters, so the fewer the filters the more that
+// costs per multiply-add; the tiles compute the dropped columns that the
+// gathered GEMM skips; with 600+ taps (a strip of 19 KB and its pixels) the
+// tiles no longer work from L1; and on large images they lost at two threads.
+// Speed of the tiles against the GEMM, medians of 5 interleaved rounds, one
+// core (two):
+//   taken:
+//     8, 16, 25, 48, 64 -> 50 3x3 on 13x13, batch 64   1.63, 1.36, 1.2-1.3, 1.23, 1.25x
+//     (25: the digits CNN's second layer)              (1.60, -, 1.20, 1.19, 1.22x)
+//     3 -> 32 5x5 on 32x32 (75 taps)                   1.21x (1.11x)
+//     16 -> 32 5x5 on 32x32, 32 -> 64 3x3 on 28x28     1.12, 1.10x (1.01, 1.04x)
+//     64 -> 48 3x3 on 28x28                            1.03x
+//   left to the GEMM:
+//     64 -> 64 3x3 on 56x56 (3248 wide columns)        1.03x (0.91x)
+//     3 -> 64 7x7 stride 2 on 224x224 (the stem)       1.08x (0.84x)
+//     20 -> 50 5x5 on 12x12 (LeNet's second layer: 96
+//     wide columns per 64 kept)                        0.80x
+//     32 -> 64 5x5 on 19x19 and 28x28 (800 taps)       0.94, 1.06x
+//     48 -> 64 and 48 -> 192 5x5 on 19x19 (1200 taps)  0.97, 0.77x
+//     48, 192 -> 192 3x3 on 19x19 (192 filters)        0.98, 0.79x
 bool forward_uses_register_tiles(const Conv2dParams& p, int64_t elem_bytes) {
   if (elem_bytes != 4 || !CONVX_SHIFTED_TILES_AVX512 || !cpu_has_avx512f() || p.groups != 1) return false;
   const ShiftedGeometry g = shifted_geometry(p);
   if (g.Wq < 6) return false;
   const int mode = register_tiles_mode.load();
   if (mode >= 0) return mode == 1;
-  return p.C * p.R * p.S <= 32;
+  const int64_t taps = p.C * p.R * p.S;
+  if (taps <= 32) return true;
+  const bool few_dropped = 4 * g.wide <= 5 * g.OH * g.OW;  // at most 1.25 wide columns per kept one
+  return p.K <= 64 && taps <= 600 && few_dropped && g.wide <= 2048;
 }
 
 // The forward pass with the filters of each group as a Kg x CRS operand, group gr
