@@ -411,11 +411,11 @@ void forward_register_tiles(const Conv2dParams& p, const ShiftedGeometry& g, con
 // costs per multiply-add; the tiles compute the dropped columns that the
 // gathered GEMM skips; with 600+ taps (a strip of 19 KB and its pixels) the
 // tiles no longer work from L1; and on large images they lost at two threads.
-// Speed of the tiles against the GEMM, medians of 5 interleaved rounds, one
+// Speed of the tiles against the GEMM, medians of 5 alternating rounds, one
 // core (two):
 //   taken:
 //     8, 16, 25, 48, 64 -> 50 3x3 on 13x13, batch 64   1.63, 1.36, 1.2-1.3, 1.23, 1.25x
-//     (25: the digits CNN's second layer)              (1.60, -, 1.20, 1.19, 1.22x)
+//     (25 -> 50: the digits CNN's second layer)        (1.60, -, 1.20, 1.19, 1.22x)
 //     3 -> 32 5x5 on 32x32 (75 taps)                   1.21x (1.11x)
 //     16 -> 32 5x5 on 32x32, 32 -> 64 3x3 on 28x28     1.12, 1.10x (1.01, 1.04x)
 //     64 -> 48 3x3 on 28x28                            1.03x
