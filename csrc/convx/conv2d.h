@@ -97,8 +97,9 @@ bool conv2d_shifted_applies(const Conv2dParams& p);
 template <typename T>
 void conv2d_forward_shifted_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias, T* output);
 // Whether its forward (and the flipped forward of its backward-data) runs by
-// AVX-512 register tiles instead of the GEMM: float, one group, a reduction of at
-// most 32 taps (see forward_register_tiles in conv2d_shifted_cpu.cpp).
+// AVX-512 register tiles instead of the GEMM: float, one group, and a reduction
+// of at most 32 taps or few filters over a moderate reduction on a small image
+// (see forward_uses_register_tiles in conv2d_shifted_cpu.cpp).
 bool conv2d_shifted_forward_uses_register_tiles(const Conv2dParams& p, int64_t elem_bytes);
 // Test seam: -1 the rule above, 0 never, 1 always where the CPU and shape allow
 // it; returns the previous setting.

@@ -1278,8 +1278,8 @@ CONVX_SIMD_CLONES void dot_block(int64_t s0, int64_t s1, const int64_t* a_off, c
 }
 
 // The dot products keep BM x BN vectors of partial sums per block, written back
-// every kChunk terms: beyond some 10^4 outputs that traffic and the 10 loads per
-// 24 FMAs lose to the packed GEMM, transposing packs and all. Measured on one
+// every kDotChunk terms: beyond some 10^4 outputs that traffic and the 10 loads
+// per 24 FMAs lose to the packed GEMM, transposing packs and all. Measured on one
 // core for the shifted-plane weight gradient: a 7x7 stem's 64 x 147 outputs run
 // 10% faster as dot products (Zen 5; on the Xeon 0.95-0.97x torch, against 0.68x
 // as the GEMM), 64 x 576 (3x3, 64 channels) 15% slower, and the digits CNN's
