@@ -427,9 +427,8 @@ void forward_register_tiles(const Conv2dParams& p, const ShiftedGeometry& g, con
 //     32 -> 64 5x5 on 19x19 and 28x28 (800 taps)       0.94, 1.06x
 //     48 -> 64 and 48 -> 192 5x5 on 19x19 (1200 taps)  0.97, 0.77x
 //     48, 192 -> 192 3x3 on 19x19 (192 filters)        0.98, 0.79x
-bool forward_uses_register_tiles(const Conv2dParams& p, int64_t elem_bytes) {
+bool forward_uses_register_tiles(const Conv2dParams& p, const ShiftedGeometry& g, int64_t elem_bytes) {
   if (elem_bytes != 4 || !CONVX_SHIFTED_TILES_AVX512 || !cpu_has_avx512f() || p.groups != 1) return false;
-  const ShiftedGeometry g = shifted_geometry(p);
   if (g.Wq < 6) return false;
   const int mode = register_tiles_mode.load();
   if (mode >= 0) return mode == 1;
@@ -453,7 +452,7 @@ void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> fil
     for (int64_t c = 0; c < p.channels_per_group(); ++c)
       std::reverse(shift.begin() + c * RS, shift.begin() + (c + 1) * RS);
   if constexpr (std::is_same<T, float>::value) {
-    if (forward_uses_register_tiles(p, sizeof(T))) {
+    if (forward_uses_register_tiles(p, g, sizeof(T))) {
       forward_register_tiles(p, g, input, filters, shift, bias, output);
       return;
     }
@@ -546,7 +545,7 @@ int conv2d_shifted_set_register_tiles(int mode) {
 }
 
 bool conv2d_shifted_forward_uses_register_tiles(const Conv2dParams& p, int64_t elem_bytes) {
-  return forward_uses_register_tiles(p, elem_bytes);
+  return forward_uses_register_tiles(p, shifted_geometry(p), elem_bytes);
 }
 
 bool conv2d_shifted_backward_data_flips(const Conv2dParams& p) {
