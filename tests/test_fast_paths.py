@@ -774,6 +774,8 @@ def test_flipped_backward_data_by_register_tiles_matches_direct():
     (5, 48, 5, 5, 192, 5, 1, 2),   # 25 pixels per image: rows of dY^T and blocks of col^T straddle images
     (2, 20, 9, 9, 300, 5, 1, 2),   # 300 filters: dY^T packed in two panels of the GEMM's reduction (256 + 44)
     (2, 3, 40, 40, 16, 7, 2, 3),   # a stem: four phase planes per channel
+    (1, 3, 64, 64, 64, 7, 2, 3),   # a stem's forward in two chunks of wide columns, split inside an output row
+    (2, 8, 30, 30, 128, 3, 1, 1),  # the in-place forward in two chunks (504 + 456 wide columns of float64)
     (4, 20, 12, 12, 50, 5, 1, 0),  # LeNet's second layer, unpadded: B gathered (dropped columns 50%)
     (2, 64, 7, 7, 32, 3, 1, 1),    # small images side by side in one gathered GEMM, both forwards
     (3, 30, 9, 9, 20, 3, 2, 1),    # gathered from phase planes
@@ -787,6 +789,12 @@ def test_shifted_matches_direct_on_suite_like_layers(N, C, H, W, K, R, stride, p
             rng.standard_normal((N, K, p.out_h(), p.out_w())))
     for got, want in zip(_three_directions(p, "shifted", *args), _three_directions(p, "direct", *args)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+def test_shifted_in_place_forward_in_chunks_of_each_group():
+    # Two groups of 128 filters: each group's forward runs in two chunks of wide
+    # columns (504 of 960 for float64), the second starting inside an output row.
+    _shifted_matches_direct_or_refuses(2, 4, 128, 2, 30, 30, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 7)
 
 
 @settings(max_examples=40, deadline=None)
