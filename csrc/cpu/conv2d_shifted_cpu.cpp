@@ -186,10 +186,13 @@ CONVX_SIMD_CLONES bool fill_planes(const Conv2dParams& p, const ShiftedGeometry&
 // One OH x OW plane of dY laid out wide, as the GEMMs read it: OH rows of Wq, zero
 // in the dropped columns so that their products add nothing.
 template <typename T>
-void widen_plane(const ShiftedGeometry& g, const T* src, T* dst) {
+CONVX_SIMD_CLONES CONVX_INLINE_COPIES void widen_plane(const ShiftedGeometry& g, const T* __restrict src,
+                                                       T* __restrict dst) {
   for (int64_t oh = 0; oh < g.OH; ++oh) {
-    std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dst + oh * g.Wq);
-    std::fill(dst + oh * g.Wq + g.OW, dst + (oh + 1) * g.Wq, T(0));
+    const T* s = src + oh * g.OW;
+    T* d = dst + oh * g.Wq;
+    for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] = s[ow];
+    for (int64_t ow = g.OW; ow < g.Wq; ++ow) d[ow] = T(0);
   }
 }
 
@@ -650,20 +653,24 @@ void backward_data_flipped_forward(const Conv2dParams& p, const T* grad_output, 
 // channels of image j (of `images`) out of their phase planes, into `out`
 // (channels x H x W).
 template <typename T>
-void read_plane_interiors(const Conv2dParams& p, const ShiftedGeometry& g, const T* planes, int64_t images, int64_t j,
-                          int64_t channels, T* out) {
+CONVX_SIMD_CLONES CONVX_INLINE_COPIES void read_plane_interiors(const Conv2dParams& p, const ShiftedGeometry& g,
+                                                                const T* planes, int64_t images, int64_t j,
+                                                                int64_t channels, T* out) {
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t h = 0; h < p.H; ++h) {
       const int64_t i = h + p.pad_top, a = i % g.sh;
       const T* row = planes + ((c * g.phases + a * g.sw) * images + j) * g.plane + (i / g.sh) * g.Wq;
       T* dst = out + (c * p.H + h) * p.W;
       if (g.sw == 1) {
-        std::copy(row + p.pad_left, row + p.pad_left + p.W, dst);
+        const T* src = row + p.pad_left;
+        for (int64_t w = 0; w < p.W; ++w) dst[w] = src[w];
         continue;
       }
-      for (int64_t w = 0; w < p.W; ++w) {
-        const int64_t x = w + p.pad_left;
-        dst[w] = row[(x % g.sw) * images * g.plane + x / g.sw];
+      // Phase b's plane holds the pixels w with (w + pad_left) % sw == b.
+      for (int64_t b = 0; b < g.sw; ++b) {
+        const int64_t w0 = ((b - p.pad_left) % g.sw + g.sw) % g.sw;
+        const T* src = row + b * images * g.plane;
+        for (int64_t w = w0; w < p.W; w += g.sw) dst[w] = src[(w + p.pad_left) / g.sw];
       }
     }
 }
