@@ -467,9 +467,10 @@ bool forward_uses_register_tiles(const Conv2dParams& p, const ShiftedGeometry& g
 // process, medians): level at one thread, 5-7% faster at two; 256 KiB and
 // 1 MiB chunks ran the same as 512.
 constexpr int64_t kWideChunkBytes = 512 * 1024;
-int64_t wide_chunk_columns(int64_t filters, int64_t wide, int64_t elem_bytes) {
-  const int64_t strip = elem_bytes == 4 ? gemm_micro_tile_cols<float>() : gemm_micro_tile_cols<double>();
-  const int64_t strips = std::max<int64_t>(1, kWideChunkBytes / (filters * elem_bytes * strip));
+template <typename T>
+int64_t wide_chunk_columns(int64_t filters, int64_t wide) {
+  constexpr int64_t strip = gemm_micro_tile_cols<T>();
+  const int64_t strips = std::max<int64_t>(1, kWideChunkBytes / (filters * int64_t(sizeof(T)) * strip));
   return std::min(wide, strips * strip);
 }
 
@@ -532,7 +533,7 @@ void forward_shifted(const Conv2dParams& p, const T* input, SegmentedRows<T> fil
     gemm_pack_a<T>(Kg, CRS, group_filters, a_packed.data() + gr * a_size);
   }
   const int64_t planes_size = Cg * g.phases * g.plane + g.slack;
-  const int64_t chunk = wide_chunk_columns(Kg, g.wide, sizeof(T)), wide_size = Kg * chunk;
+  const int64_t chunk = wide_chunk_columns<T>(Kg, g.wide), wide_size = Kg * chunk;
 
   // The wide columns in chunks whose product stays in L2 (see wide_chunk_columns),
   // each chunk's kept columns copied out, with the bias, while it is there.
