@@ -76,17 +76,25 @@ constexpr int64_t kKC = 256;
 // 1024^3 2.8%, 2048^3 3.6%, 2048 x 2048 x 512 5.8% faster.
 constexpr int64_t kKCLarge = 512;
 constexpr int64_t kMC = 192;
-// The KC of gemm_one_a_block when A is read where it lies and B is packed one
-// strip at a time (the shifted-plane forward's gathered B, the pixel-major
-// weight gradient): there a longer block costs only that strip's buffer (kc x NR
-// per thread, 144 KiB for float at 768 against 48 KiB at 256), and it cuts the
+// The KC where A is read where it lies and B is packed one strip at a time
+// (gemm_one_a_block: the shifted-plane forward's gathered B, the pixel-major
+// weight gradient's gathered one) or read in place too (gemm_split_rows_b_cpu).
+// There a longer block costs at most the one strip's buffer (kc x NR per
+// thread, 144 KiB for float at 768 against 48 KiB at 256), and it cuts the
 // micro-kernel calls and C's passes (5 to 2 for a reduction of 1200). The
 // blocks are made equal, so none is a short remainder. Calls alternated in one
 // process, one Xeon core: AlphaGo's 5x5 input layer's forward (C*R*S = 1200, 2
 // blocks of 600) 5% faster, in three runs (the same at 400 and 1200 as at 600,
-// 4% slower at 128); LeNet's second layer's weight gradient 3% faster; the other
-// rows that take this path level.
+// 4% slower at 128); its weight gradient (split rows, 361 pixels in one block
+// instead of 256 + 105) 2.5%; LeNet's second layer's weight gradient 3%; the
+// other rows that take these paths level.
 constexpr int64_t kKCInPlaceA = 768;
+// The length of each of the equal blocks that cut [0, n) into as few as
+// possible of at most `most`.
+inline int64_t equal_blocks(int64_t n, int64_t most) {
+  const int64_t blocks = std::max<int64_t>(1, (n + most - 1) / most);
+  return std::max<int64_t>(1, (n + blocks - 1) / blocks);
+}
 // A multiple of NR for float (48) and double (24). The packed B panel is
 // kKCLarge x kNC: 4.2 MiB for float, as when it was 256 x 4080, and 2048
 // columns still take one panel.
@@ -708,10 +716,7 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
   constexpr int64_t NR = kNR<T>;
   constexpr int64_t G = StripsPerPack<PackB>::value;
   int64_t kc_max = std::min(kKC, K);
-  if (kInPlaceA && G == 1) {  // see kKCInPlaceA
-    const int64_t blocks = (K + kKCInPlaceA - 1) / kKCInPlaceA;
-    kc_max = (K + blocks - 1) / blocks;
-  }
+  if (kInPlaceA && G == 1) kc_max = equal_blocks(K, kKCInPlaceA);  // see kKCInPlaceA
   const int64_t m_strips = (M + kMR - 1) / kMR, n_strips = (N + NR - 1) / NR;
   const bool prefetch_c = prefetch_c_tiles<T>(M, N);
   Scratch<T> a_packed(kInPlaceA ? 0 : m_strips * kMR * kc_max);
@@ -1013,7 +1018,7 @@ namespace {
 // so every C element sums in a fixed order for any thread count.
 template <typename T, typename AStripAt, typename MakeStrip>
 void gemm_strips_driver(int64_t M, int64_t N, int64_t K, AStripAt a_strip, MakeStrip strip, T* C, int64_t ldc,
-                        T beta) {
+                        T beta, int64_t kc_block = kKC) {
   constexpr int64_t NR = kNR<T>;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -1025,8 +1030,8 @@ void gemm_strips_driver(int64_t M, int64_t N, int64_t K, AStripAt a_strip, MakeS
   const int64_t m_strips = Mp / kMR, n_strips = (N + NR - 1) / NR;
   const bool parallel = double(M) * double(N) * double(K) > 4194304.0;
   const bool prefetch_c = prefetch_c_tiles<T>(M, N);
-  for (int64_t p0 = 0; p0 < K; p0 += kKC) {
-    const int64_t kc = std::min(kKC, K - p0);
+  for (int64_t p0 = 0; p0 < K; p0 += kc_block) {
+    const int64_t kc = std::min(kc_block, K - p0);
     for (int64_t ic = 0; ic < m_strips; ic += kMC / kMR) {
       const int64_t ic_end = std::min(m_strips, ic + kMC / kMR);
 #pragma omp parallel for collapse(2) schedule(static) if ((parallel) && !omp_in_parallel())
@@ -1086,7 +1091,8 @@ void gemm_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t 
   const InPlaceA<T> a{A, lda};
   gemm_strips_driver<T>(
       M, N, K, [=](int64_t is, int64_t p0, int64_t) { return a.strip(M, is * kMR, p0); },
-      [=](int64_t js, int64_t p0) { return split_rows_strip<T>(N, b_rows, vec_off, js, p0); }, C, ldc, beta);
+      [=](int64_t js, int64_t p0) { return split_rows_strip<T>(N, b_rows, vec_off, js, p0); }, C, ldc, beta,
+      equal_blocks(K, kKCInPlaceA));
 }
 
 // Packs B[p0:p0+kc, j0:j0+nr] for B[k][n] = base[row_off[k] + col_off[n]]: the
