@@ -152,7 +152,8 @@ struct SplitRowStrip {
 
 // How many k steps ahead the micro-kernel prefetches its packed B strip. A
 // 256 x 48 strip is 48 KiB, the whole L1 (512 x 48 in gemm_blocked, twice
-// that), so with the A strip streaming beside it the strip does not survive from
+// that; up to 768 x 48 where A is read in place, see kKCInPlaceA), so with the
+// A strip streaming beside it the strip does not survive from
 // one micro-kernel to the next and is read back from L2 at every k step; the
 // L1 prefetchers fetch only the next line, too late. Eight steps (~100 cycles
 // at peak) cover an L2 hit. Measured on a Xeon core (micro-kernels over an A
@@ -706,10 +707,9 @@ inline void run_tile(const PackA& pack_a, const T* a_packed, PackedStrip<T> b, i
 // (kc x NR: 48 KiB for float at kKC, in L1 or prefetched from L2; longer with A
 // in place, see kKCInPlaceA) or of the StripsPerPack
 // strips packed together (384 KiB: L2), instead of a panel of NC strips (4 MiB,
-// most of a small layer's workspace) packed ahead and read back from L2/L3. The
-// micro-kernel calls are those of the panel loop, on the same data in the same
-// reduction order, so C comes out the same. Measured on one
-// core: LeNet's second layer forward 8-15% faster, its workspace 4 MiB smaller.
+// most of a small layer's workspace) packed ahead and read back from L2/L3.
+// Measured on one core: LeNet's second layer forward 8-15% faster, its
+// workspace 4 MiB smaller.
 template <typename T, typename PackA, typename PackB>
 void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_b, T beta, T* C, int64_t ldc) {
   constexpr bool kInPlaceA = IsInPlaceA<PackA>::value;
