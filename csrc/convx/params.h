@@ -46,6 +46,15 @@ inline int64_t floor_div(int64_t a, int64_t b) {
   return q;
 }
 
+// The size of each of the equal parts that cut n into as few as possible of at
+// most `most` (the last may be shorter); at least 1, so that loops stepping by it
+// end even for n = 0. Blocks of a loop made even this way leave no short
+// remainder.
+inline int64_t equal_part_size(int64_t n, int64_t most) {
+  const int64_t parts = std::max<int64_t>(1, (n + most - 1) / most);
+  return std::max<int64_t>(1, (n + parts - 1) / parts);
+}
+
 // Output length of a sliding window along one axis, in checked arithmetic:
 //   out = floor((in + pad_begin + pad_end - dilation*(kernel-1) - 1) / stride) + 1
 // May be <= 0; callers turn that into an error naming their own arguments.

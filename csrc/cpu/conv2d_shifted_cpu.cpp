@@ -991,15 +991,11 @@ struct PixelMajorBlocks {
 };
 PixelMajorBlocks pixel_major_blocks(int64_t RS, int64_t Cg, int64_t Kg, int64_t L, int64_t images,
                                     int64_t elem_bytes) {
-  const auto even = [](int64_t n, int64_t most) {  // n in equal parts of at most `most`
-    const int64_t parts = (n + most - 1) / most;
-    return (n + parts - 1) / parts;
-  };
-  const int64_t taps = even(RS, std::clamp<int64_t>((int64_t(512) << 10) / (Kg * Cg * elem_bytes), 1, RS));
+  const int64_t taps = equal_part_size(RS, std::clamp<int64_t>((int64_t(512) << 10) / (Kg * Cg * elem_bytes), 1, RS));
   const int64_t col_bytes = (int64_t(256) << 10) * omp_get_max_threads();
   const int64_t most_rows = std::max<int64_t>(8, col_bytes / (taps * Cg * elem_bytes));
   if (L <= most_rows) return {taps, images * L};
-  return {taps, std::min(images * L, (even(images * L, most_rows) + 7) / 8 * 8)};
+  return {taps, std::min(images * L, (equal_part_size(images * L, most_rows) + 7) / 8 * 8)};
 }
 
 // Backward-data with the gradient built in pixel-major planes, for layers with

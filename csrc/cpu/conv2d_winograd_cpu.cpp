@@ -117,8 +117,7 @@ WinogradBlocking winograd_blocking(int64_t xi, int64_t C, int64_t K, int64_t til
   if (slice >= K) {
     slice = K;
   } else {
-    slices = (K + slice - 1) / slice;
-    slice = ((K + slices - 1) / slices + 7) / 8 * 8;
+    slice = (equal_part_size(K, slice) + 7) / 8 * 8;
     slices = (K + slice - 1) / slice;
   }
   // The rest goes to the tiles: at least a quarter of the budget, even where

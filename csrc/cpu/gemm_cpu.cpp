@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "convx/cpu_info.h"
+#include "convx/params.h"
 #include "convx/simd.h"
 #include "convx/workspace.h"
 
@@ -89,12 +90,6 @@ constexpr int64_t kMC = 192;
 // instead of 256 + 105) 2.5%; LeNet's second layer's weight gradient 3%; the
 // other rows that take these paths level.
 constexpr int64_t kKCInPlaceA = 768;
-// The length of each of the equal blocks that cut [0, n) into as few as
-// possible of at most `most`.
-inline int64_t equal_blocks(int64_t n, int64_t most) {
-  const int64_t blocks = std::max<int64_t>(1, (n + most - 1) / most);
-  return std::max<int64_t>(1, (n + blocks - 1) / blocks);
-}
 // A multiple of NR for float (48) and double (24). The packed B panel is
 // kKCLarge x kNC: 4.2 MiB for float, as when it was 256 x 4080, and 2048
 // columns still take one panel.
@@ -716,7 +711,7 @@ void gemm_one_a_block(int64_t M, int64_t N, int64_t K, PackA pack_a, PackB pack_
   constexpr int64_t NR = kNR<T>;
   constexpr int64_t G = StripsPerPack<PackB>::value;
   int64_t kc_max = std::min(kKC, K);
-  if (kInPlaceA && G == 1) kc_max = equal_blocks(K, kKCInPlaceA);  // see kKCInPlaceA
+  if (kInPlaceA && G == 1) kc_max = equal_part_size(K, kKCInPlaceA);  // see kKCInPlaceA
   const int64_t m_strips = (M + kMR - 1) / kMR, n_strips = (N + NR - 1) / NR;
   const bool prefetch_c = prefetch_c_tiles<T>(M, N);
   Scratch<T> a_packed(kInPlaceA ? 0 : m_strips * kMR * kc_max);
@@ -1092,7 +1087,7 @@ void gemm_split_rows_b_cpu(int64_t M, int64_t N, int64_t K, const T* A, int64_t 
   gemm_strips_driver<T>(
       M, N, K, [=](int64_t is, int64_t p0, int64_t) { return a.strip(M, is * kMR, p0); },
       [=](int64_t js, int64_t p0) { return split_rows_strip<T>(N, b_rows, vec_off, js, p0); }, C, ldc, beta,
-      equal_blocks(K, kKCInPlaceA));
+      equal_part_size(K, kKCInPlaceA));
 }
 
 // Packs B[p0:p0+kc, j0:j0+nr] for B[k][n] = base[row_off[k] + col_off[n]]: the
