@@ -8,7 +8,9 @@ tail loop alone) so every edge-tile path runs. An A of at most
 MC rows packs B as it goes (a transposed B one strip at a time, a plain one eight
 strips at a time, row by row), a taller one in panels of NC columns: all run with
 several KC steps, past NC columns, with a partial last group of strips, and on
-the thread team.
+the thread team. A plain A of at most MC rows against a transposed B, with a
+reduction past KC, is read in place in equal blocks of up to 768 steps (1700:
+three blocks).
 
 An A of at most 256 rows against a plain B of 48+ columns reads B in place
 instead (float on AVX-512, by the assembly micro-kernel; the rule is
@@ -26,7 +28,7 @@ from convx import _C
 
 SHAPES = [(1, 1, 1), (7, 15, 3), (8, 16, 256), (9, 17, 257), (97, 33, 300), (5, 4100, 11), (150, 500, 300),
           (200, 50, 520), (193, 4100, 20), (16, 200, 7), (16, 96, 10), (24, 144, 18), (64, 3136, 256),
-          (256, 200, 64), (257, 96, 40)]
+          (256, 200, 64), (257, 96, 40), (13, 100, 1700)]
 
 
 @pytest.fixture(params=[0, 1], ids=["packed_b", "in_place_b"])

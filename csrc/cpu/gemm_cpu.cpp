@@ -920,12 +920,24 @@ void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const
       gemm_blocked<T>(M, N, K, pack_a, RowMajorB<T>{B, ldb}, beta, C, ldc);
     return;
   }
-  gemm_blocked<T>(
-      M, N, K, pack_a,
-      [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {  // op(B) = B^T: rows contiguous in p
-        pack_bt_strip_rows<T>(StridedRows<T>{B, ldb}, p0, kc, j0, nr, dst);
-      },
-      beta, C, ldc);
+  const auto pack_bt = [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {  // op(B) = B^T: rows contiguous in p
+    pack_bt_strip_rows<T>(StridedRows<T>{B, ldb}, p0, kc, j0, nr, dst);
+  };
+  // A plain A of one MC block whose reduction is longer than a packed block (a
+  // weight gradient's dY: a 1x1 layer's image, Winograd's transformed tiles):
+  // read in place, in the longer blocks of kKCInPlaceA, with B packed strip by
+  // strip. Fewer passes over C and no copy of A: calls alternated in one
+  // process, one Xeon core, the 1x1 layer's weight gradient (K = 3136 per
+  // image) 4-6% faster, Winograd's on 64 channels at 56x56 (1568 tiles) and at
+  // 112x112 (3136) 4%, the AlphaGo body's at batch 16 (400) 1%. Where the
+  // reduction fits one packed block the blocks are the same and packed A ran
+  // faster: 512 channels on 7x7 (32 tiles) 11% slower in place, 256 at 19x19
+  // (200) 2%.
+  if (!trans_a && M <= kMC && K > kKC) {
+    gemm_blocked<T>(M, N, K, InPlaceA<T>{A, lda}, pack_bt, beta, C, ldc);
+    return;
+  }
+  gemm_blocked<T>(M, N, K, pack_a, pack_bt, beta, C, ldc);
 }
 
 // ---- pre-packed operands ------------------------------------------------------
