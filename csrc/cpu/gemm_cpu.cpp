@@ -920,7 +920,8 @@ void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const
       gemm_blocked<T>(M, N, K, pack_a, RowMajorB<T>{B, ldb}, beta, C, ldc);
     return;
   }
-  const auto pack_bt = [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {  // op(B) = B^T: rows contiguous in p
+  // op(B) = B^T: rows contiguous in p.
+  const auto pack_bt = [=](int64_t j0, int64_t nr, int64_t p0, int64_t kc, T* dst) {
     pack_bt_strip_rows<T>(StridedRows<T>{B, ldb}, p0, kc, j0, nr, dst);
   };
   // A plain A of one MC block whose reduction is longer than a packed block (a
