@@ -79,7 +79,8 @@ constexpr int64_t kKCLarge = 512;
 constexpr int64_t kMC = 192;
 // The KC where A is read where it lies and B is packed one strip at a time
 // (gemm_one_a_block: the shifted-plane forward's gathered B, the pixel-major
-// weight gradient's gathered one) or read in place too (gemm_split_rows_b_cpu).
+// weight gradient's gathered one, gemm_cpu's weight-gradient products with a
+// long reduction) or read in place too (gemm_split_rows_b_cpu).
 // There a longer block costs at most the one strip's buffer (kc x NR per
 // thread, 144 KiB for float at 768 against 48 KiB at 256), and it cuts the
 // micro-kernel calls and C's passes (5 to 2 for a reduction of 1200). The
