@@ -203,6 +203,7 @@ WINOGRAD_LAYERS = [
     (1, 16, 5, 6, 32, (3, 3, 1, 1)),     # padding > 2: negative padding in backward-data
     (1, 192, 19, 19, 192, (1, 1, 1, 1)),  # the AlphaGo body at batch 1
     (1, 19, 11, 10, 13, (1, 1, 1, 1)),   # channels not a multiple of 8: partial filter chunks
+    (2, 8, 40, 3, 8, (1, 1, 1, 1)),      # tall and narrow: an image's padded rows copied in several runs
 ]
 
 
@@ -304,6 +305,7 @@ WINOGRAD_5X5_LAYERS = [
     (2, 3, 9, 14, 5, (4, 1, 0, 3)),      # asymmetric padding, odd sizes
     (1, 16, 7, 6, 8, (5, 5, 1, 1)),      # padding > 4: negative padding in backward-data
     (3, 20, 12, 12, 24, (0, 0, 0, 0)),   # a LeNet-like layer
+    (1, 8, 60, 2, 8, (2, 2, 2, 2)),      # tall and narrow: an image's padded rows copied in several runs
 ]
 
 

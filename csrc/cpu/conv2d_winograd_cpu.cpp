@@ -507,7 +507,7 @@ int64_t vector_tiles(int64_t tiles) {
 }
 
 // The input transform of one channel over the tiles of a block: gather the
-// patches lane by lane (d[u][v][t]), then B^T d over u (into e), then (.) B over v,
+// patches lane by lane (d[u][v][t]), then B^T d over u, then (.) B over v,
 // as vector operations across tiles; the result for position xi and tile t goes
 // to out[xi * out_stride + (t / strip_width) * strip_stride + t % strip_width]. `channel` is the channel's plane in image 0 and
 // `image_stride` one image's size; tile t = rb * tw + j is tile column j of tile
@@ -526,32 +526,29 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
   const int64_t pitch = Gather::pitch(tiles);
   typename Gather::Mask masks[kPatch];
   std::memcpy(masks, Gather::kMasks.lanes, sizeof(masks));
-  for (int64_t rb = 0; rb < rows; ++rb) {
-    const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
+  // The padded rows go to e, free until the first transform. The rows of a
+  // run of tile rows of one image are all copied, each once, before any is
+  // gathered: the gather loads whole vectors over values just stored a few at
+  // a time, and a load that spans stores still pending waits until they reach
+  // the cache. Copied per tile row (kPatch rows, each image row again for every
+  // tile row whose patch covers it) and then gathered, the stores were still
+  // pending; on AlphaGo's 5x5 input layer's backward-data by F(2x2, 5x5),
+  // whose rows were copied three times, the copies were an eighth of this
+  // function's time, and the pass ran 5% slower (per call, alternated).
+  const int64_t row_pitch = span + 2 * Gather::kLanes;
+  // e holds kXi * (tiles + one vector) values, so at least kPatch rows of
+  // row_pitch (tiles >= tw): the longest run of tile rows whose rows fit.
+  const int64_t e_rows = Gather::scratch_size(tiles) / row_pitch;
+  const int64_t run_limit = std::max<int64_t>(1, (e_rows - (kPatch - kTile)) / kTile);
+  const int64_t x_lo = std::clamp<int64_t>(pad_left, 0, span), x_hi = std::clamp<int64_t>(W + pad_left, x_lo, span);
+  for (int64_t rb0 = 0; rb0 < rows;) {
+    const int64_t n = (row0 + rb0) / th, tr0 = (row0 + rb0) % th;
+    const int64_t run = std::min({rows - rb0, th - tr0, run_limit});
     const T* plane = channel + n * image_stride;
-    // The next channel's rows for this tile row (kTile of them, so every row
-    // once over the tile rows), fetched ahead: a plane is a few short rows, too
-    // short a stream for the hardware prefetcher. Waiting on those loads was a
-    // sixth of this function's time on 64 channels at 56x56.
-    if (prefetch_next_channel)
-      for (int64_t u = 0; u < kTile; ++u) {
-        const int64_t h = tr * kTile - pad_top + u;
-        if (h >= 0 && h < H)
-          for (int64_t x = 0; x < W; x += 64 / int64_t(sizeof(T))) __builtin_prefetch(plane + H * W + h * W + x);
-      }
-    // All kPatch rows are copied before any is gathered: the gather loads whole
-    // vectors over values just stored one at a time, and a load that spans
-    // several pending stores waits until they are written to the cache (copied
-    // and gathered row by row, AlphaGo's 5x5 input layer's backward-data by
-    // F(2x2, 5x5) took 0.80 ms on one core, 0.76 ms this way).
-    // The rows go to e, free until the first transform: kPatch rows of span plus
-    // two vectors of slack fit in its kXi * (tiles + one vector), as tiles >= tw.
-    const int64_t row_pitch = span + 2 * Gather::kLanes;
-    for (int64_t u = 0; u < kPatch; ++u) {
-      const int64_t h = tr * kTile - pad_top + u;
+    for (int64_t u = 0; u < run * kTile + (kPatch - kTile); ++u) {
+      const int64_t h = tr0 * kTile - pad_top + u;
       T* padded = e + u * row_pitch;
       // columns x of the span read image column x - pad_left
-      const int64_t x_lo = std::clamp<int64_t>(pad_left, 0, span), x_hi = std::clamp<int64_t>(W + pad_left, x_lo, span);
       if (h < 0 || h >= H) {
         std::fill(padded, padded + span, T(0));
       } else {
@@ -566,21 +563,34 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
         std::fill(padded + x_hi, padded + span, T(0));
       }
     }
-    for (int64_t u = 0; u < kPatch; ++u) {
-      const T* padded = e + u * row_pitch;
-      // Whole vectors are stored: lanes past the row's tiles land on tiles of
-      // the next tile row (written after this one) or in the row's pitch slack;
-      // the loads may read past the span, into the row's slack (those lanes unused).
-      for (int64_t j0 = 0; j0 < tw; j0 += Gather::kChunk) {
-        typename Gather::Vec lo, hi;
-        std::memcpy(&lo, padded + j0 * kTile, sizeof(lo));
-        std::memcpy(&hi, padded + j0 * kTile + Gather::kLanes, sizeof(hi));
-        for (int64_t v = 0; v < kPatch; ++v) {
-          const typename Gather::Vec column = __builtin_shuffle(lo, hi, masks[v]);
-          std::memcpy(d + (u * kPatch + v) * pitch + rb * tw + j0, &column, sizeof(column));
+    for (int64_t rb = rb0; rb < rb0 + run; ++rb) {
+      // The next channel's rows for this tile row (kTile of them, so every row
+      // once over the tile rows), fetched ahead: a plane is a few short rows, too
+      // short a stream for the hardware prefetcher. Waiting on those loads was a
+      // sixth of this function's time on 64 channels at 56x56.
+      if (prefetch_next_channel)
+        for (int64_t u = 0; u < kTile; ++u) {
+          const int64_t h = (tr0 + rb - rb0) * kTile - pad_top + u;
+          if (h >= 0 && h < H)
+            for (int64_t x = 0; x < W; x += 64 / int64_t(sizeof(T))) __builtin_prefetch(plane + H * W + h * W + x);
+        }
+      for (int64_t u = 0; u < kPatch; ++u) {
+        const T* padded = e + ((rb - rb0) * kTile + u) * row_pitch;
+        // Whole vectors are stored: lanes past the row's tiles land on tiles of
+        // the next tile row (written after this one) or in the row's pitch slack;
+        // the loads may read past the span, into the row's slack (those lanes unused).
+        for (int64_t j0 = 0; j0 < tw; j0 += Gather::kChunk) {
+          typename Gather::Vec lo, hi;
+          std::memcpy(&lo, padded + j0 * kTile, sizeof(lo));
+          std::memcpy(&hi, padded + j0 * kTile + Gather::kLanes, sizeof(hi));
+          for (int64_t v = 0; v < kPatch; ++v) {
+            const typename Gather::Vec column = __builtin_shuffle(lo, hi, masks[v]);
+            std::memcpy(d + (u * kPatch + v) * pitch + rb * tw + j0, &column, sizeof(column));
+          }
         }
       }
     }
+    rb0 += run;
   }
   // Both passes run over whole vectors of tiles: the tile count rounded up to a
   // vector, with the gathered columns past the last tile (values from beyond the
@@ -594,19 +604,36 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
     const typename Gather::Vec zero{};
     for (int64_t r = 0; r < F::kXi; ++r) std::memcpy(d + r * pitch + tiles, &zero, sizeof(zero));  // pitch slack
   }
-  // e[i][v] = sum_u B^T[i][u] d[u][v]: for each v, the u-rows are kPatch rows apart.
-  for (int64_t v = 0; v < kPatch; ++v)
-    F::input_rows(d + v * pitch, kPatch * pitch, e + v * vec_tiles, kPatch * vec_tiles, vec_tiles);
-  // out[i][j] = sum_v e[i][v] B[v][j]: for each i, the v-rows are adjacent. Tiles
-  // are written in strips of strip_width, strip_stride apart (the GEMM's packed
-  // layout), so no copy is needed afterwards. A strip's last vector is written
-  // whole where the strip has room for it: in the GEMM's 48-wide strips, not
-  // where one strip is the whole row (the weight gradient's layout).
-  for (int64_t t0 = 0; t0 < tiles; t0 += strip_width) {
-    const int64_t n = std::min(strip_width, vec_tiles - t0);
-    T* strip = out + (t0 / strip_width) * strip_stride;
-    for (int64_t i = 0; i < kPatch; ++i)
-      F::input_rows(e + i * kPatch * vec_tiles + t0, vec_tiles, strip + i * kPatch * out_stride, out_stride, n);
+  // Then, a vector of tiles at a time: e[i][v] = sum_u B^T[i][u] d[u][v] (for
+  // each v, the u-rows kPatch rows apart), and out[i][j] = sum_v e[i][v] B[v][j]
+  // (for each i, the v-rows adjacent), with e (kPatch^2 vectors) kept in L1.
+  // Both passes over all the block's tiles at once, through e as whole rows of
+  // tiles, were 6 + 6 * strips loops of a few vectors each; on one core that
+  // pass made the forward of AlphaGo's input layer's backward-data 10% slower,
+  // of 64 channels at 56x56 4%, of the AlphaGo body at batch 1 5% (per call,
+  // alternated).
+  // Tiles are written in strips of strip_width, strip_stride apart (the GEMM's
+  // packed layout), so no copy is needed afterwards. A vector is written whole
+  // where its strip has room for it: in the GEMM's 48-wide strips (its lanes
+  // past the last tile are the strip's zero padding), not where one strip is
+  // the whole row (the weight gradient's layout, whose rows are other
+  // channels' past it): there the last vector's lanes past the tiles are dropped.
+  constexpr int64_t kLanes = Gather::kLanes;
+  const bool whole_vectors = strip_width % kLanes == 0;
+  alignas(64) T ev[kPatch * kPatch * kLanes], last[kPatch * kPatch * kLanes];
+  for (int64_t t0 = 0; t0 < vec_tiles; t0 += kLanes) {
+    for (int64_t v = 0; v < kPatch; ++v)
+      F::input_rows(d + v * pitch + t0, kPatch * pitch, ev + v * kLanes, kPatch * kLanes, kLanes);
+    if (whole_vectors || t0 + kLanes <= tiles) {
+      T* strip = out + (t0 / strip_width) * strip_stride + t0 % strip_width;
+      for (int64_t i = 0; i < kPatch; ++i)
+        F::input_rows(ev + i * kPatch * kLanes, kLanes, strip + i * kPatch * out_stride, out_stride, kLanes);
+    } else {
+      for (int64_t i = 0; i < kPatch; ++i)
+        F::input_rows(ev + i * kPatch * kLanes, kLanes, last + i * kPatch * kLanes, kLanes, kLanes);
+      for (int64_t xi = 0; xi < F::kXi; ++xi)
+        std::copy(last + xi * kLanes, last + xi * kLanes + (tiles - t0), out + xi * out_stride + t0);
+    }
   }
 }
 
