@@ -373,19 +373,20 @@ def test_winograd_weight_gradient_over_several_blocks(algo):
     assert _rel_err(gw, ref) <= 1e-12
 
 
-def test_dispatcher_takes_winograd_5x5_for_forwards_of_few_input_channels():
+def test_dispatcher_takes_winograd_5x5_for_wide_layers():
     def algos(N, C, H, K, pad):
         p = _conv_params(N, C, H, H, K, (pad,) * 4, R=5, S=5)
         return [_C.conv2d_choose_algo(p, d) for d in ("forward", "backward_data", "backward_weight")]
 
-    assert algos(16, 48, 19, 192, 2) == ["winograd_2x2", "shifted", "shifted"]  # AlphaGo's input layer
-    assert algos(3, 48, 19, 192, 2)[0] == "winograd_2x2"  # 300 tiles of 2x2
-    assert algos(2, 48, 19, 192, 2)[0] == "shifted"  # 200: its 4x larger workspace buys no speed
-    assert algos(1, 48, 19, 192, 2)[0] == "shifted"
-    assert algos(8, 32, 28, 64, 2)[0] == "winograd_2x2"
-    assert algos(64, 20, 12, 50, 0)[0] == "shifted"  # LeNet's second layer: too few input channels
+    # AlphaGo's input layer: the backward-data would transform 192 channels for 48 outputs
+    assert algos(1, 48, 19, 192, 2) == ["winograd_2x2", "shifted", "winograd_2x2"]
+    assert algos(16, 48, 19, 192, 2) == ["winograd_2x2", "shifted", "winograd_2x2"]
+    assert algos(8, 32, 28, 64, 2) == ["winograd_2x2", "shifted", "shifted"]  # 2048 pairs: the forward only
+    assert algos(4, 96, 28, 96, 2) == ["winograd_2x2"] * 3
+    assert algos(2, 32, 19, 32, 2) == ["shifted"] * 3  # 1024 pairs
+    assert algos(64, 20, 12, 50, 0) == ["shifted"] * 3  # LeNet's second layer: too few input channels
     assert algos(8, 64, 28, 32, 2)[0] == "shifted"   # fewer filters than input channels
-    assert algos(1, 48, 5, 192, 2)[0] == "shifted"   # 9 tiles of 2x2: too few
+    assert algos(1, 48, 5, 192, 2) == ["shifted"] * 3   # 9 tiles of 2x2: too few
 
 
 def test_dispatcher_takes_the_scatter_backward_data_where_an_image_fits_the_cache():

@@ -148,23 +148,34 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   // F(2x2, 5x5): 36 products for 4 outputs of a 5x5 filter, 2.8x fewer multiplies
   // than the GEMM over the taps, but an input transform per 2x2 tile and input
   // channel (four times F(4x4, 3x3)'s per output) and a 25-tap filter transform
-  // per call. It wins the forward where the input channels are few against the
-  // filters. Ms on one core, F(2x2, 5x5) / shifted, forward:
-  //   48 -> 192 on 19x19 (AlphaGo's input layer) at batch 1   0.63 / 0.73
-  //   32 -> 64 on 28x28 at batch 8                            6.4 / 7.2
-  //   64 -> 128 on 14x14 at batch 8                           3.0 / 6.9
-  //   20 -> 50 on 12x12 at batch 64 (LeNet's second layer)    1.65 / 1.17
-  // Its backward-data transforms the K side's channels (192 for AlphaGo's layer:
-  // 0.94 / 0.78 ms) and its weight gradient was no faster than the shifted GEMM's
-  // (0.77 / 0.76 ms), so those stay with the rules below.
-  // It needs 256 tiles: on fewer its workspace outweighs the gain. AlphaGo's input
-  // layer at batch 1 (100 tiles) takes 5.3 MB with it, 0.6 MB with the shifted
-  // GEMM, 1.3 MB in torch; the filter transform, once per call, is 18% of its
-  // time; and on the Xeon the two run level there (1.65-1.70 ms each, torch
-  // 1.49-1.52, interleaved), on the Zen 5 F(2x2, 5x5) won (the table above).
-  if (direction == Conv2dDirection::Forward && p.R == 5 && conv2d_winograd_applies(p, 2) && p.C >= 32 &&
-      p.K >= p.C && tiles2 >= 256)
-    return Conv2dAlgo::Winograd2x2;
+  // per call, so it needs wide layers. Ms on one core (the model-207 Xeon),
+  // F(2x2, 5x5) / shifted, each direction timed in turn per call:
+  //                                    forward        backward-data   weight gradient
+  //   48 -> 192 on 19x19 at batch 1    1.28 / 1.43    1.75 / 1.70     1.60 / 1.73
+  //                      at batch 16   17.3 / 20.1    28.0 / 28.7     18.2 / 23.0
+  //   32 -> 64 on 28x28 at batch 8     4.9 / 5.7      8.3 / 7.1       5.1 / 5.0
+  //                     at batch 1     0.60 / 0.65    0.82 / 0.83     0.82 / 0.67
+  //   64 -> 128 on 14x14 at batch 8    3.6 / 4.7      6.9 / 6.2       3.7 / 5.4
+  //                      at batch 1    0.72 / 0.77    0.81 / 0.89     0.84 / 1.02
+  //   96 -> 96 on 28x28 at batch 4     9.4 / 13.5     12.1 / 14.6     11.0 / 16.4
+  //   128 -> 128 on 19x19 at batch 1   1.80 / 2.18    2.60 / 2.76     2.70 / 3.21
+  //   32 -> 32 on 19x19 at batch 2     0.39 / 0.34    0.48 / 0.49     0.64 / 0.39
+  //   20 -> 50 on 12x12 at batch 64    2.80 / 2.25    10.6 / 3.0      3.6 / 2.7
+  // The forward wins from 32 input channels and 2048 channel pairs, with at
+  // least as many filters as inputs. The backward-data transforms the K side's
+  // channels, so it wins only where they are no more than the inputs. The weight
+  // gradient transforms both sides per tile and wins from 8192 pairs. All need
+  // 32 tiles or more (the smallest above has 49). The workspace grows with them:
+  // AlphaGo's input layer at batch 1 takes 5.3 MB, against 0.4-1.0 MB with the
+  // shifted GEMM and 1.3-2.1 MB in torch (where it runs 0.85-1.06x torch
+  // with the shifted GEMM, the suite's slowest rows).
+  if (p.R == 5 && conv2d_winograd_applies(p, 2) && p.C >= 32 && tiles2 >= 32) {
+    const int64_t pairs = p.C * p.K;
+    const bool wins = direction == Conv2dDirection::Forward        ? p.K >= p.C && pairs >= 2048
+                      : direction == Conv2dDirection::BackwardData ? p.K <= p.C && pairs >= 8192
+                                                                   : pairs >= 8192;
+    if (wins) return Conv2dAlgo::Winograd2x2;
+  }
   // A 1x1 layer's GEMM reads the image itself (no im2col): nothing to save.
   if (is_pointwise(p)) return Conv2dAlgo::Im2col;
   // The shifted-plane GEMM skips im2col's copy of the image R*S times over, at the
