@@ -639,25 +639,33 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
 
 // The output transform of one filter over the tiles of a block: m[xi * m_stride + t]
 // through (.) A over the columns, then A^T over the rows, as vector operations
-// across tiles (f and y are scratch of kPatch * kTile and kTile * kTile rows of
-// vector_tiles(tiles)), then each m x m tile cropped into the image (plane = the
-// filter's plane in image 0, image_stride one image's size) with the bias added.
+// across tiles, into y (scratch of kTile * kTile rows of vector_tiles(tiles)),
+// then each m x m tile cropped into the image (plane = the filter's plane in
+// image 0, image_stride one image's size) with the bias added.
 // The transforms run over whole vectors: past the block's tiles they read the
 // next row of m (its slack after the last row), and those lanes are never
 // cropped into the image. With 100 tiles (AlphaGo's 19x19 board in 2x2 tiles) the
 // 4-tile scalar remainders cost 3-4% of its input layer's forward (0.52 -> 0.50 ms).
+// Both transforms run on one vector of tiles at a time, the first's kPatch *
+// kTile vectors kept in L1 (as the input transform's, see input_tiles): as two
+// passes over all the block's tiles through a scratch row per vector, the
+// forward ran 4-5% slower on AlphaGo's input layer, its body at batch 1 and 16
+// and 64 channels at 56x56 (one core, per call alternated).
 template <typename F, typename T>
 CONVX_SIMD_CLONES void output_tiles(const T* m, int64_t m_stride, T bias, T* plane, int64_t image_stride,
                                     int64_t OH, int64_t OW, int64_t row0, int64_t rows, int64_t th, int64_t tw,
-                                    T* f, T* y) {
-  constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
-  const int64_t tiles = vector_tiles<T>(rows * tw);  // the scratch rows' pitch
-  // f[i][j'] = sum_j m[i][j] A[j][j']: the j-rows of one i are m_stride apart.
-  for (int64_t i = 0; i < kPatch; ++i)
-    F::output_rows(m + i * kPatch * m_stride, m_stride, f + i * kTile * tiles, tiles, tiles);
-  // y[r][j'] = sum_i A^T[r][i] f[i][j']: for each j', the i-rows are kTile rows apart.
-  for (int64_t jj = 0; jj < kTile; ++jj)
-    F::output_rows(f + jj * tiles, kTile * tiles, y + jj * tiles, kTile * tiles, tiles);
+                                    T* y) {
+  constexpr int64_t kTile = F::kTile, kPatch = F::kPatch, kLanes = 64 / int64_t(sizeof(T));
+  const int64_t tiles = vector_tiles<T>(rows * tw);  // y's row pitch
+  alignas(64) T f[kPatch * kTile * kLanes];
+  for (int64_t t0 = 0; t0 < tiles; t0 += kLanes) {
+    // f[i][j'] = sum_j m[i][j] A[j][j']: the j-rows of one i are m_stride apart.
+    for (int64_t i = 0; i < kPatch; ++i)
+      F::output_rows(m + i * kPatch * m_stride + t0, m_stride, f + i * kTile * kLanes, kLanes, kLanes);
+    // y[r][j'] = sum_i A^T[r][i] f[i][j']: for each j', the i-rows are kTile rows apart.
+    for (int64_t jj = 0; jj < kTile; ++jj)
+      F::output_rows(f + jj * kLanes, kTile * kLanes, y + jj * tiles + t0, kTile * tiles, kLanes);
+  }
   for (int64_t rb = 0; rb < rows; ++rb) {
     const int64_t n = (row0 + rb) / th, tr = (row0 + rb) % th;
     T* image = plane + n * image_stride;
@@ -717,7 +725,7 @@ int64_t rows_per_gemm_block(int64_t tile_rows, int64_t tw, int64_t largest, int6
 template <typename F, typename T>
 void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, bool rotate, const T* bias,
                    T* output) {
-  constexpr int64_t kTile = F::kTile, kPatch = F::kPatch, kXi = F::kXi;
+  constexpr int64_t kTile = F::kTile, kXi = F::kXi;
   const int64_t th = sh.tiles_h(kTile), tw = sh.tiles_w(kTile);
   const int64_t C = sh.C, K = sh.K;
   const int64_t tile_rows = sh.N * th;  // (n, tile row) pairs, processed in blocks
@@ -793,12 +801,12 @@ void winograd_conv(const WinogradShape& sh, const T* input, const T* weight, boo
       // add the bias.
 #pragma omp parallel if (parallel)
       {
-        Scratch<T> f(kPatch * kTile * vector_tiles<T>(tiles)), y(kTile * kTile * vector_tiles<T>(tiles));
+        Scratch<T> y(kTile * kTile * vector_tiles<T>(tiles));
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < ks; ++k) {
           const int64_t kk = slice.begin + k;
           output_tiles<F>(M.data() + k * tiles, ks * tiles, bias ? bias[kk] : T(0), output + kk * sh.OH * sh.OW,
-                          K * sh.OH * sh.OW, sh.OH, sh.OW, row0, rows, th, tw, f.data(), y.data());
+                          K * sh.OH * sh.OW, sh.OH, sh.OW, row0, rows, th, tw, y.data());
         }
       }
     }
@@ -850,12 +858,10 @@ namespace {
 // The weight gradient's transform of one filter's output gradient over the tiles
 // of a block: gather the m x m tiles y (zero past the image edge), then
 // (A y A^T)[xi] with F::grad_rows along each axis, as vector operations across
-// tiles, into out[xi * out_stride + t]. y and a are scratch (kTile^2 and
-// kPatch * kTile rows of tiles).
+// tiles, into out[xi * out_stride + t]. y is scratch (kTile^2 rows of tiles).
 template <typename F, typename T>
 CONVX_SIMD_CLONES void grad_output_tiles(const T* plane0, int64_t image_stride, int64_t OH, int64_t OW, int64_t row0,
-                                         int64_t rows, int64_t th, int64_t tw, T* y, T* a, T* out,
-                                         int64_t out_stride) {
+                                         int64_t rows, int64_t th, int64_t tw, T* y, T* out, int64_t out_stride) {
   constexpr int64_t kTile = F::kTile, kPatch = F::kPatch;
   const int64_t tiles = rows * tw;
   for (int64_t rb = 0; rb < rows; ++rb) {
@@ -882,11 +888,24 @@ CONVX_SIMD_CLONES void grad_output_tiles(const T* plane0, int64_t image_stride, 
         for (int64_t jj = 0; jj < kTile; ++jj) cols[jj][tc] = kTile * tc + jj < OW ? row[kTile * tc + jj] : T(0);
     }
   }
-  // over i: a[u][j] = (A y[., j])_u, for each column j (the i-rows kTile rows apart)
-  for (int64_t j = 0; j < kTile; ++j) F::grad_rows(y + j * tiles, kTile * tiles, a + j * tiles, kTile * tiles, tiles);
-  // over j: out[u][v] = (A a[u, .])_v (the j-rows of one u adjacent)
-  for (int64_t u = 0; u < kPatch; ++u)
-    F::grad_rows(a + u * kTile * tiles, tiles, out + u * kPatch * out_stride, out_stride, tiles);
+  // One vector of tiles at a time, a kept in L1 (as in input_tiles): as two
+  // passes over all the block's tiles the weight gradient ran 1-3% slower on
+  // AlphaGo's input layer and its body (one core, per call alternated). y's rows
+  // and out's are `tiles` long, not whole vectors: the last vector's count is
+  // a variable, the others' a constant (no remainder loop).
+  constexpr int64_t kLanes = 64 / int64_t(sizeof(T));
+  alignas(64) T a[kPatch * kTile * kLanes];
+  const auto transform = [&](int64_t t0, auto n) {
+    // over i: a[u][j] = (A y[., j])_u, for each column j (the i-rows kTile rows apart)
+    for (int64_t j = 0; j < kTile; ++j)
+      F::grad_rows(y + j * tiles + t0, kTile * tiles, a + j * kLanes, kTile * kLanes, int64_t(n));
+    // over j: out[u][v] = (A a[u, .])_v (the j-rows of one u adjacent)
+    for (int64_t u = 0; u < kPatch; ++u)
+      F::grad_rows(a + u * kTile * kLanes, kLanes, out + u * kPatch * out_stride + t0, out_stride, int64_t(n));
+  };
+  int64_t t0 = 0;
+  for (; t0 + kLanes <= tiles; t0 += kLanes) transform(t0, std::integral_constant<int64_t, kLanes>{});
+  if (t0 < tiles) transform(t0, tiles - t0);
 }
 
 constexpr int64_t kWeightChunk = 64;
@@ -1036,7 +1055,7 @@ void winograd_backward_weight(const Conv2dParams& p, const T* grad_output, const
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < ks; ++k)
           grad_output_tiles<F>(grad_output + (slice.begin + k) * OH * OW, K * OH * OW, OH, OW, row0, rows, th, tw,
-                               d.data(), e.data(), Y.data() + k * tiles, ks * tiles);
+                               d.data(), Y.data() + k * tiles, ks * tiles);
       }
       // Blocks accumulate in a fixed order: bitwise repeatable for any thread count.
       // Threads take whole products, as in the forward.
