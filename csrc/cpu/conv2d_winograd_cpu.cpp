@@ -604,14 +604,14 @@ CONVX_SIMD_CLONES void input_tiles(const T* channel, int64_t image_stride, int64
     const typename Gather::Vec zero{};
     for (int64_t r = 0; r < F::kXi; ++r) std::memcpy(d + r * pitch + tiles, &zero, sizeof(zero));  // pitch slack
   }
-  // Then, a vector of tiles at a time: e[i][v] = sum_u B^T[i][u] d[u][v] (for
-  // each v, the u-rows kPatch rows apart), and out[i][j] = sum_v e[i][v] B[v][j]
-  // (for each i, the v-rows adjacent), with e (kPatch^2 vectors) kept in L1.
-  // Both passes over all the block's tiles at once, through e as whole rows of
-  // tiles, were 6 + 6 * strips loops of a few vectors each; on one core that
-  // pass made the forward of AlphaGo's input layer's backward-data 10% slower,
-  // of 64 channels at 56x56 4%, of the AlphaGo body at batch 1 5% (per call,
-  // alternated).
+  // Then, a vector of tiles at a time: ev[i][v] = sum_u B^T[i][u] d[u][v] (for
+  // each v, the u-rows kPatch rows apart), and out[i][j] = sum_v ev[i][v] B[v][j]
+  // (for each i, the v-rows adjacent), ev (kPatch^2 vectors) staying in L1.
+  // Run as two passes over all the block's tiles, through e as whole rows of
+  // tiles (6 + 6 x strips loops of a few vectors each, per channel), the
+  // backward-data of AlphaGo's input layer by F(2x2, 5x5) ran 10% slower, and
+  // the forwards of the AlphaGo body at batch 1 5% and of 64 channels at 56x56
+  // 4% (one core, per call alternated).
   // Tiles are written in strips of strip_width, strip_stride apart (the GEMM's
   // packed layout), so no copy is needed afterwards. A vector is written whole
   // where its strip has room for it: in the GEMM's 48-wide strips (its lanes
