@@ -101,15 +101,24 @@ void conv2d_backward_bias(const Conv2dParams& p, const Array<T>& grad_output, Ar
   conv2d_backward_bias_cpu<T>(p, grad_output.data(), gb);
 }
 
-template <typename T>
-void max_pool2d_forward(const Pool2dParams& p, const Array<T>& input, Array<T>& output,
-                        Array<int64_t>& indices, bool reference) {
+// int32 indices only for planes whose flat offsets fit them.
+template <typename Index>
+void require_index_range(const Pool2dParams& p) {
+  if (std::is_same<Index, int32_t>::value && p.H * p.W > 2147483647)
+    throw std::invalid_argument("int32 indices need H*W < 2**31; H*W = " + std::to_string(p.H * p.W) +
+                                ": pass int64 indices");
+}
+
+template <typename T, typename Index>
+void max_pool2d_forward(const Pool2dParams& p, const Array<T>& input, Array<T>& output, Array<Index>& indices,
+                        bool reference) {
   p.validate();
+  require_index_range<Index>(p);
   require_size(input, p.input_numel(), "input");
   require_size(output, p.output_numel(), "output");
   require_size(indices, p.output_numel(), "indices");
   T* out = output.mutable_data();
-  int64_t* idx = indices.mutable_data();
+  Index* idx = indices.mutable_data();
   py::gil_scoped_release release;
   if (reference)
     max_pool2d_forward_reference_cpu<T>(p, input.data(), out, idx);
@@ -117,10 +126,11 @@ void max_pool2d_forward(const Pool2dParams& p, const Array<T>& input, Array<T>& 
     max_pool2d_forward_cpu<T>(p, input.data(), out, idx);
 }
 
-template <typename T>
-void max_pool2d_backward(const Pool2dParams& p, const Array<T>& grad_output, const Array<int64_t>& indices,
+template <typename T, typename Index>
+void max_pool2d_backward(const Pool2dParams& p, const Array<T>& grad_output, const Array<Index>& indices,
                          Array<T>& grad_input) {
   p.validate();
+  require_index_range<Index>(p);
   require_size(grad_output, p.output_numel(), "grad_output");
   require_size(indices, p.output_numel(), "indices");
   require_size(grad_input, p.input_numel(), "grad_input");
@@ -201,10 +211,15 @@ void bind_typed(py::module_& m) {
         py::arg("algo") = "auto");
   m.def("conv2d_backward_bias", &conv2d_backward_bias<T>, py::arg("params"), py::arg("grad_output").noconvert(),
         py::arg("grad_bias").noconvert());
-  m.def("max_pool2d_forward", &max_pool2d_forward<T>, py::arg("params"), py::arg("input").noconvert(),
+  // indices int64 (torch's) or int32: one overload each.
+  m.def("max_pool2d_forward", &max_pool2d_forward<T, int64_t>, py::arg("params"), py::arg("input").noconvert(),
         py::arg("output").noconvert(), py::arg("indices").noconvert(), py::arg("reference") = false);
-  m.def("max_pool2d_backward", &max_pool2d_backward<T>, py::arg("params"), py::arg("grad_output").noconvert(),
-        py::arg("indices").noconvert(), py::arg("grad_input").noconvert());
+  m.def("max_pool2d_forward", &max_pool2d_forward<T, int32_t>, py::arg("params"), py::arg("input").noconvert(),
+        py::arg("output").noconvert(), py::arg("indices").noconvert(), py::arg("reference") = false);
+  m.def("max_pool2d_backward", &max_pool2d_backward<T, int64_t>, py::arg("params"),
+        py::arg("grad_output").noconvert(), py::arg("indices").noconvert(), py::arg("grad_input").noconvert());
+  m.def("max_pool2d_backward", &max_pool2d_backward<T, int32_t>, py::arg("params"),
+        py::arg("grad_output").noconvert(), py::arg("indices").noconvert(), py::arg("grad_input").noconvert());
   m.def("im2col", &im2col<T>, py::arg("params"), py::arg("batch"), py::arg("input").noconvert(),
         py::arg("output").noconvert());
   m.def("col2im", &col2im<T>, py::arg("params"), py::arg("batch"), py::arg("input").noconvert(),

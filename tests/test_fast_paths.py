@@ -19,12 +19,20 @@ def _pool_params(N, C, H, W, k, s, pad, dilation=(1, 1), ceil_mode=False):
 
 
 def _pool_both(p, x):
+    """(fast, reference) results with int64 indices. Each kernel also runs with
+    int32 indices (the ones autograd keeps for the backward), which must hold
+    the same values."""
     shape = (p.N, p.C, p.out_h(), p.out_w())
-    fast = (np.empty(shape, x.dtype), np.empty(shape, np.int64))
-    ref = (np.empty(shape, x.dtype), np.empty(shape, np.int64))
-    _C.max_pool2d_forward(p, x, *fast)
-    _C.max_pool2d_forward(p, x, *ref, reference=True)
-    return fast, ref
+    results = {}
+    for reference in (False, True):
+        for index_dtype in (np.int64, np.int32):
+            y, i = np.empty(shape, x.dtype), np.full(shape, -1, index_dtype)
+            _C.max_pool2d_forward(p, x, y, i, reference=reference)
+            results[reference, index_dtype] = (y, i)
+        (y64, i64), (y32, i32) = results[reference, np.int64], results[reference, np.int32]
+        np.testing.assert_array_equal(y32, y64)
+        np.testing.assert_array_equal(i32, i64)
+    return results[False, np.int64], results[True, np.int64]
 
 
 def _awkward_values(rng, shape, dtype):
@@ -111,9 +119,10 @@ def _pair_indices(rng, shape, pool):
     return flat.reshape(shape)
 
 
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("spread", [3, 40, 1000, "pairs"])
-def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
+def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread, index_dtype):
     # Any valid indices, repeats included (spread 3: nearly every vector of 16 has
     # lanes that collide, in chains, which the vectorized scatter takes in rounds;
     # "pairs": lanes that repeat only the lane before, which it folds into one
@@ -128,15 +137,16 @@ def test_max_pool2d_backward_matches_ordered_scatter(dtype, spread):
     else:
         idx = rng.integers(0, min(spread, p.H * p.W), size=shape).astype(np.int64)
     gx = np.empty((p.N, p.C, p.H, p.W), dtype)
-    _C.max_pool2d_backward(p, gy, idx, gx)
+    _C.max_pool2d_backward(p, gy, idx.astype(index_dtype), gx)
     want = np.zeros((p.N * p.C, p.H * p.W), dtype)
     for plane in range(p.N * p.C):
         np.add.at(want[plane], idx.reshape(p.N * p.C, -1)[plane], gy.reshape(p.N * p.C, -1)[plane])
     np.testing.assert_array_equal(gx.reshape(p.N * p.C, -1), want)
 
 
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32])
 @pytest.mark.parametrize("H,W,k", [(37, 37, (2, 2)), (32, 64, (2, 2)), (40, 35, (3, 2))])
-def test_max_pool2d_backward_of_tiling_windows_matches_ordered_scatter(H, W, k):
+def test_max_pool2d_backward_of_tiling_windows_matches_ordered_scatter(H, W, k, index_dtype):
     # Windows 2 wide, stride = kernel, 16+ outputs a row: grad_input is written
     # window by window, with no scatter. The indices are the forward's own (so
     # every one is a tap of its window), some gradients are -0.0 (the scatter's
@@ -149,12 +159,42 @@ def test_max_pool2d_backward_of_tiling_windows_matches_ordered_scatter(H, W, k):
     gy = rng.standard_normal(y.shape).astype(np.float32)
     gy[rng.random(gy.shape) < 0.1] = -0.0
     gx = np.full((p.N, p.C, H, W), np.nan, np.float32)
-    _C.max_pool2d_backward(p, gy, idx, gx)
+    _C.max_pool2d_backward(p, gy, idx.astype(index_dtype), gx)
     want = np.zeros((p.N * p.C, H * W), np.float32)
     for plane in range(p.N * p.C):
         np.add.at(want[plane], idx.reshape(p.N * p.C, -1)[plane], gy.reshape(p.N * p.C, -1)[plane])
     np.testing.assert_array_equal(gx.reshape(p.N * p.C, -1), want)
     np.testing.assert_array_equal(np.signbit(gx.reshape(p.N * p.C, -1)), np.signbit(want))
+
+
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32])
+@pytest.mark.parametrize("k", [(2, 2), (3, 3)])  # (2, 2): the tiling kernel first, then the scatter
+@pytest.mark.parametrize("where", ["vector", "tail"])
+@pytest.mark.parametrize("bad", [-1, "plane"])
+def test_max_pool2d_backward_rejects_indices_outside_their_plane(index_dtype, k, where, bad):
+    # One bad index, negative or one past the plane, in a full vector of 16 or in
+    # the scalar tail of the last plane (31 x 31 = 60 * 16 + 1 outputs for 2x2,
+    # 30 x 30 = 56 * 16 + 4 for 3x3).
+    p = _pool_params(1, 2, 62, 62, k, (2, 2), (0, 0))
+    shape = (p.N, p.C, p.out_h(), p.out_w())
+    x = np.random.default_rng(0).standard_normal((p.N, p.C, p.H, p.W)).astype(np.float32)
+    (_, idx), _ = _pool_both(p, x)
+    idx = idx.astype(index_dtype)
+    idx.reshape(-1)[5 if where == "vector" else -1] = -1 if bad == -1 else p.H * p.W
+    gy = np.ones(shape, np.float32)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, H\*W\) = \[0, 3844\)"):
+        _C.max_pool2d_backward(p, gy, idx, np.empty((p.N, p.C, p.H, p.W), np.float32))
+
+
+def test_max_pool2d_int32_indices_refused_for_planes_past_their_range():
+    # H*W = 2**31 + 4633: int32 cannot hold the flat offsets. Refused before any
+    # array is touched (the small arrays here would fail the size checks after).
+    p = _pool_params(1, 1, 46341, 46341, (2, 2), (2, 2), (0, 0))
+    tiny = np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match=r"int32 indices need H\*W < 2\*\*31; H\*W = 2147488281"):
+        _C.max_pool2d_forward(p, tiny, tiny.copy(), np.zeros(1, np.int32))
+    with pytest.raises(ValueError, match=r"int32 indices need H\*W < 2\*\*31"):
+        _C.max_pool2d_backward(p, tiny, np.zeros(1, np.int32), tiny.copy())
 
 
 # ---- Winograd F(2x2, 3x3) and F(4x4, 3x3) --------------------------------------------

@@ -147,6 +147,22 @@ def test_gradcheck_max_pool2d_return_indices_values():
     assert gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+def test_max_pool2d_keeps_int32_indices_for_its_backward_only():
+    # Indices no caller sees are kept as int32 (half the backward's index reads);
+    # the ones return_indices hands out are torch's int64, and the same offsets.
+    x = _distinct(torch.Generator().manual_seed(3), 2, 3, 8, 8).requires_grad_()
+    hidden = CF.max_pool2d(x, 2)
+    shown, shown_idx = CF.max_pool2d(x, 2, return_indices=True)
+    (kept,) = hidden.grad_fn.saved_tensors
+    assert kept.dtype == torch.int32 and shown_idx.dtype == torch.int64
+    assert torch.equal(kept.long(), shown_idx)
+    assert torch.equal(F.max_pool2d(x, 2, return_indices=True)[1], shown_idx)
+    g = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(4))
+    (gx,) = torch.autograd.grad(hidden, x, g)
+    (gx_ref,) = torch.autograd.grad(F.max_pool2d(x, 2), x, g)
+    assert torch.equal(gx, gx_ref)
+
+
 # (shape, kernel, dilation, padding, stride)
 UNFOLD_CASES = [
     pytest.param(((1, 2, 4, 4), 2, 1, 0, 1), id="basic"),

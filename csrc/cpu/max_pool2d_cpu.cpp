@@ -40,9 +40,9 @@ inline void window_taps(int64_t start, int64_t kernel, int64_t dilation, int64_t
 }
 
 // One output element by the sequential row-major scan that defines the semantics.
-template <typename T>
+template <typename T, typename Index>
 inline void pool_window(const Pool2dParams& p, const T* in, int64_t h0, int64_t h_end, int64_t ow, T* out,
-                        int64_t* idx) {
+                        Index* idx) {
   int64_t w0, w_end;
   window_taps(ow * p.stride_w - p.pad_w, p.kernel_w, p.dilation_w, p.W, w0, w_end);
   // Validation guarantees (h0, w0) is inside the plane, so an all -inf window
@@ -63,7 +63,7 @@ inline void pool_window(const Pool2dParams& p, const T* in, int64_t h0, int64_t 
       }
     }
   *out = best;
-  *idx = best_index;
+  *idx = Index(best_index);
 }
 
 // Undilated windows, output columns [ow_lo, ow_hi) whose windows lie wholly
@@ -72,10 +72,10 @@ inline void pool_window(const Pool2dParams& p, const T* in, int64_t h0, int64_t 
 // compare-and-select across the row of outputs, which the compiler vectorizes
 // (a stride-2 window becomes an even/odd shuffle instead of a gather).
 // SW > 0 fixes the stride at compile time; SW == 0 reads it from `stride`.
-template <typename T, int SW>
+template <typename T, int SW, typename Index>
 CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int64_t h0, int64_t rows,
                                          int64_t kw, int64_t stride, int64_t pad, int64_t ow_lo,
-                                         int64_t ow_hi, T* __restrict out, int64_t* __restrict idx) {
+                                         int64_t ow_hi, T* __restrict out, Index* __restrict idx) {
   const int64_t sw = SW > 0 ? SW : stride;
   // The first tap seeds the maximum: the reference starts from -inf and takes
   // the first tap unless it is -inf, in which case it keeps its index anyway.
@@ -83,7 +83,7 @@ CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int6
   for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
     const int64_t w = ow * sw - pad;
     out[ow] = r0[w];
-    idx[ow] = h0 * W + w;
+    idx[ow] = Index(h0 * W + w);
   }
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t base = (h0 + i) * W;
@@ -94,7 +94,7 @@ CONVX_SIMD_CLONES void pool_row_interior(const T* __restrict in, int64_t W, int6
         const T v = r[w];
         const bool take = (v > out[ow]) | (v != v);  // v != v: NaN always wins; | not ||: no branch
         out[ow] = take ? v : out[ow];
-        idx[ow] = take ? base + w : idx[ow];
+        idx[ow] = take ? Index(base + w) : idx[ow];
       }
   }
 }
@@ -123,32 +123,88 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 load_lanes_avx51
   return _mm512_permutex2var_ps(a, even, _mm512_maskz_loadu_ps(__mmask16(in_plane >> 16), at + 16));
 }
 
-// Lane offsets of 16 windows whose corners are sw apart: lane * sw, as two int64
-// halves (for the flat indices, which are int64).
-__attribute__((target("avx512f"), always_inline)) inline void lane_offsets_avx512(int64_t sw, __m512i& lo,
-                                                                                __m512i& hi) {
-  lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  hi = _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15);
+// Lane offsets of 16 windows whose corners are sw apart, lane * sw: as int32
+// lanes for int32 indices, as two int64 halves for int64 ones.
+struct LaneOffsets {
+  __m512i i32, lo, hi;
+};
+
+__attribute__((target("avx512f"), always_inline)) inline LaneOffsets lane_offsets_avx512(int64_t sw) {
+  LaneOffsets lane;
+  lane.i32 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  lane.lo = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  lane.hi = _mm512_setr_epi64(8, 9, 10, 11, 12, 13, 14, 15);
   if (sw == 2) {
-    lo = _mm512_add_epi64(lo, lo);
-    hi = _mm512_add_epi64(hi, hi);
+    lane.i32 = _mm512_add_epi32(lane.i32, lane.i32);
+    lane.lo = _mm512_add_epi64(lane.lo, lane.lo);
+    lane.hi = _mm512_add_epi64(lane.hi, lane.hi);
+  }
+  return lane;
+}
+
+// Flat indices held as int32 lanes, stored to the lanes `lanes` of idx (all 16:
+// plain stores, which cost less than masked ones here).
+template <typename Index>
+__attribute__((target("avx512f"), always_inline)) inline void store_flat_indices_avx512(Index* idx, __m512i flat,
+                                                                                      __mmask16 lanes) {
+  if constexpr (std::is_same<Index, int32_t>::value) {
+    if (lanes == 0xFFFF)
+      _mm512_storeu_si512(idx, flat);
+    else
+      _mm512_mask_storeu_epi32(idx, lanes, flat);
+  } else {
+    const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat));
+    const __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(flat, 1));
+    if (lanes == 0xFFFF) {
+      _mm512_storeu_si512(idx, lo);
+      _mm512_storeu_si512(idx + 8, hi);
+    } else {
+      _mm512_mask_storeu_epi64(idx, __mmask8(lanes), lo);
+      _mm512_mask_storeu_epi64(idx + 8, __mmask8(lanes >> 8), hi);
+    }
+  }
+}
+
+// The flat indices corner + lane * sw + tap of 16 windows, tap = each winner's
+// i*W + j from its window's corner. int64 indices are summed in int64: this
+// serves planes past 2**31 elements too. int32 indices come only with planes
+// under 2**31 elements (the binding checks), where every sum fits.
+template <typename Index>
+__attribute__((target("avx512f"), always_inline)) inline void store_window_indices_avx512(
+    Index* idx, int64_t corner, const LaneOffsets& lane, __m512i tap, __mmask16 lanes) {
+  if constexpr (std::is_same<Index, int32_t>::value) {
+    store_flat_indices_avx512(idx, _mm512_add_epi32(_mm512_add_epi32(_mm512_set1_epi32(int32_t(corner)), lane.i32), tap),
+                              lanes);
+  } else {
+    const __m512i base = _mm512_set1_epi64(corner);
+    const __m512i lo =
+        _mm512_add_epi64(_mm512_add_epi64(base, lane.lo), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tap)));
+    const __m512i hi =
+        _mm512_add_epi64(_mm512_add_epi64(base, lane.hi), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(tap, 1)));
+    if (lanes == 0xFFFF) {
+      _mm512_storeu_si512(idx, lo);
+      _mm512_storeu_si512(idx + 8, hi);
+    } else {
+      _mm512_mask_storeu_epi64(idx, __mmask8(lanes), lo);
+      _mm512_mask_storeu_epi64(idx + 8, __mmask8(lanes >> 8), hi);
+    }
   }
 }
 
 // The maximum of 16 windows of rows x kw taps with corners at `corner`,
-// corner + sw, ... (offsets in the plane) and the flat index of each winner,
-// corner + lane * sw + (i*W + j of its tap), as two int64 vectors. The first
-// tap seeds the maximum, as in pool_row_interior. Loads are whole vectors
-// unless one would pass the plane's end (see load_lanes_avx512).
+// corner + sw, ... (offsets in the plane) and each winner's tap, i*W + j from its
+// corner (int32: the callers check kernel_h*W < 2**31). The first tap seeds the
+// maximum, as in pool_row_interior. Loads are whole vectors unless one would
+// pass the plane's end (see load_lanes_avx512).
 // SW, the stride along the row, is a template argument so that each stride gets
 // its own loop with no branch on it (a run-time stride cost ~5% here).
 template <int SW>
 __attribute__((target("avx512f"), always_inline)) inline __m512 windows_max_avx512(
     const float* in, int64_t plane_size, int64_t W, int64_t corner, int64_t rows, int64_t kw, __m512i even,
-    __m512i lane_lo, __m512i lane_hi, __m512i& index_lo, __m512i& index_hi) {
+    __m512i& tap) {
   const bool room = corner + (rows - 1) * W + kw - 1 + 16 * SW <= plane_size;
   __m512 best = load_lanes_avx512<SW>(in, corner, plane_size, even, room);
-  __m512i tap = _mm512_setzero_si512();
+  tap = _mm512_setzero_si512();
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = (i == 0 ? 1 : 0); j < kw; ++j) {
       const __m512 v = load_lanes_avx512<SW>(in, corner + i * W + j, plane_size, even, room);
@@ -157,10 +213,6 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 windows_max_avx5
       best = _mm512_mask_mov_ps(best, take, v);
       tap = _mm512_mask_mov_epi32(tap, take, _mm512_set1_epi32(int32_t(i * W + j)));
     }
-  const __m512i base = _mm512_set1_epi64(corner);
-  index_lo = _mm512_add_epi64(_mm512_add_epi64(base, lane_lo), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tap)));
-  index_hi =
-      _mm512_add_epi64(_mm512_add_epi64(base, lane_hi), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(tap, 1)));
   return best;
 }
 
@@ -170,27 +222,24 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 windows_max_avx5
 // branches on every compare (and mispredicts half of them on random data).
 // Lanes = 16 consecutive output columns; the last block overlaps the one before
 // (recomputing an output is harmless). The running maximum and the winning tap
-// (i*W + j from the window's corner, int32: the caller checks kernel_h*W < 2**31)
 // stay in registers (windows_max_avx512). Returns the first column it did not
 // handle.
+template <typename Index>
 __attribute__((target("avx512f"))) int64_t pool_row_avx512(const float* in, int64_t plane_size, int64_t W,
                                                            int64_t h0, int64_t rows, int64_t kw, int64_t sw,
                                                            int64_t pad, int64_t ow_lo, int64_t ow_hi, float* out,
-                                                           int64_t* idx) {
+                                                           Index* idx) {
   if ((sw != 1 && sw != 2) || ow_hi - ow_lo < 16) return ow_lo;
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  __m512i lane_lo, lane_hi;
-  lane_offsets_avx512(sw, lane_lo, lane_hi);
+  const LaneOffsets lane = lane_offsets_avx512(sw);
   for (int64_t block = ow_lo; block < ow_hi; block += 16) {
     const int64_t ow0 = std::min(block, ow_hi - 16);
-    __m512i lo, hi;
+    __m512i tap;
     const int64_t corner = h0 * W + ow0 * sw - pad;
-    const __m512 best =
-        sw == 2 ? windows_max_avx512<2>(in, plane_size, W, corner, rows, kw, even, lane_lo, lane_hi, lo, hi)
-                : windows_max_avx512<1>(in, plane_size, W, corner, rows, kw, even, lane_lo, lane_hi, lo, hi);
+    const __m512 best = sw == 2 ? windows_max_avx512<2>(in, plane_size, W, corner, rows, kw, even, tap)
+                                : windows_max_avx512<1>(in, plane_size, W, corner, rows, kw, even, tap);
     _mm512_storeu_ps(out + ow0, best);
-    _mm512_storeu_si512(idx + ow0, lo);
-    _mm512_storeu_si512(idx + ow0 + 8, hi);
+    store_window_indices_avx512(idx + ow0, corner, lane, tap, 0xFFFF);
   }
   return ow_hi;
 }
@@ -213,9 +262,10 @@ __attribute__((target("avx512f"), always_inline)) inline __mmask16 clipped_lanes
 // at each window's first column inside the row. Without this block a stride-2 row
 // with padding sent its first output to pool_window, which on 56-wide rows took a
 // fifth of the whole pass.
+template <typename Index>
 __attribute__((target("avx512f"))) void pool_block_clipped_avx512(const float* in, int64_t plane_size, int64_t W,
                                                                   int64_t h0, int64_t rows, int64_t kw, int64_t sw,
-                                                                  int64_t pad, int64_t ow0, float* out, int64_t* idx) {
+                                                                  int64_t pad, int64_t ow0, float* out, Index* idx) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i even = _mm512_add_epi32(lane, lane);
   const __m512i zero = _mm512_setzero_si512();
@@ -250,8 +300,7 @@ __attribute__((target("avx512f"))) void pool_block_clipped_avx512(const float* i
     }
   }
   _mm512_storeu_ps(out + ow0, best);
-  _mm512_storeu_si512(idx + ow0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(best_at)));
-  _mm512_storeu_si512(idx + ow0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(best_at, 1)));
+  store_flat_indices_avx512(idx + ow0, best_at, 0xFFFF);
 }
 #endif
 
@@ -262,9 +311,10 @@ __attribute__((target("avx512f"))) void pool_block_clipped_avx512(const float* i
 // lie inside the plane (no padding, no ceil_mode overhang) and planes whose flat
 // indices fit int32; the same compare-and-select sequence as pool_row_avx512.
 // `corners` holds each output's window corner h*W + w (the same for every plane).
+template <typename Index>
 __attribute__((target("avx512f"))) void pool_plane_gather_avx512(const float* in, int64_t W, int64_t kh,
                                                                  int64_t kw, const int32_t* corners,
-                                                                 int64_t outputs, float* out, int64_t* idx) {
+                                                                 int64_t outputs, float* out, Index* idx) {
   for (int64_t o0 = 0; o0 < outputs; o0 += 16) {
     const __mmask16 lanes = outputs - o0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (outputs - o0)) - 1);
     const __m512i corner =
@@ -281,18 +331,11 @@ __attribute__((target("avx512f"))) void pool_plane_gather_avx512(const float* in
         best = _mm512_mask_mov_ps(best, take, v);
         tap = _mm512_mask_mov_epi32(tap, take, offset);
       }
-    const __m512i flat = _mm512_add_epi32(corner, tap);
-    const __m512i flat_lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat)),
-                  flat_hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(flat, 1));
-    if (lanes == 0xFFFF) {  // plain stores: a masked store costs several here
+    if (lanes == 0xFFFF)  // a plain store: a masked one costs several here
       _mm512_storeu_ps(out + o0, best);
-      _mm512_storeu_si512(idx + o0, flat_lo);
-      _mm512_storeu_si512(idx + o0 + 8, flat_hi);
-    } else {
+    else
       _mm512_mask_storeu_ps(out + o0, lanes, best);
-      _mm512_mask_storeu_epi64(idx + o0, __mmask8(lanes), flat_lo);
-      _mm512_mask_storeu_epi64(idx + o0 + 8, __mmask8(lanes >> 8), flat_hi);
-    }
+    store_flat_indices_avx512(idx + o0, _mm512_add_epi32(corner, tap), lanes);
   }
 }
 
@@ -304,31 +347,26 @@ __attribute__((target("avx512f"))) void pool_plane_gather_avx512(const float* in
 // next row's outputs, which that row then rewrites; only a row whose 16 lanes
 // would pass the plane's last output stores with a mask. Loads that would pass
 // the plane's end are masked to it.
+template <typename Index>
 __attribute__((target("avx512f"))) void pool_plane_narrow_rows_avx512(const float* in, int64_t plane_size,
                                                                       int64_t W, int64_t kh, int64_t kw,
                                                                       int64_t sh, int64_t sw, int64_t OH,
-                                                                      int64_t OW, float* out, int64_t* idx) {
+                                                                      int64_t OW, float* out, Index* idx) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  __m512i lane_lo, lane_hi;
-  lane_offsets_avx512(sw, lane_lo, lane_hi);
+  const LaneOffsets lane = lane_offsets_avx512(sw);
   const int64_t outputs = OH * OW;
   for (int64_t oh = 0; oh < OH; ++oh) {
-    __m512i lo, hi;
+    __m512i tap;
     const int64_t corner = oh * sh * W;
-    const __m512 best =
-        sw == 2 ? windows_max_avx512<2>(in, plane_size, W, corner, kh, kw, even, lane_lo, lane_hi, lo, hi)
-                : windows_max_avx512<1>(in, plane_size, W, corner, kh, kw, even, lane_lo, lane_hi, lo, hi);
+    const __m512 best = sw == 2 ? windows_max_avx512<2>(in, plane_size, W, corner, kh, kw, even, tap)
+                                : windows_max_avx512<1>(in, plane_size, W, corner, kh, kw, even, tap);
     const int64_t o = oh * OW;
-    if (o + 16 <= outputs) {
+    const __mmask16 lanes = o + 16 <= outputs ? __mmask16(0xFFFF) : __mmask16((1u << (outputs - o)) - 1);
+    if (lanes == 0xFFFF)
       _mm512_storeu_ps(out + o, best);
-      _mm512_storeu_si512(idx + o, lo);
-      _mm512_storeu_si512(idx + o + 8, hi);
-    } else {
-      const __mmask16 lanes = __mmask16((1u << (outputs - o)) - 1);
+    else
       _mm512_mask_storeu_ps(out + o, lanes, best);
-      _mm512_mask_storeu_epi64(idx + o, __mmask8(lanes), lo);
-      _mm512_mask_storeu_epi64(idx + o + 8, __mmask8(lanes >> 8), hi);
-    }
+    store_window_indices_avx512(idx + o, corner, lane, tap, lanes);
   }
 }
 
@@ -340,8 +378,8 @@ __attribute__((target("avx512f"))) void pool_plane_narrow_rows_avx512(const floa
 // stride 2, ms, rows / gathers: 64x25x26x26 (13 outputs a row, the digits CNN's
 // first pool) 0.131 / 0.344, 64x50x11x11 (5) 0.110 / 0.127, 8x64x9x9 (4) 0.015 /
 // 0.011. False where neither applies.
-template <typename T>
-bool max_pool2d_forward_narrow_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+template <typename T, typename Index>
+bool max_pool2d_forward_narrow_cpu(const Pool2dParams& p, const T* input, T* output, Index* indices) {
   const int64_t OH = p.out_h(), OW = p.out_w();
   const bool applies = std::is_same<T, float>::value && OW < 16 && p.pad_h == 0 && p.pad_w == 0 &&
                        (OH - 1) * p.stride_h + p.kernel_h <= p.H && (OW - 1) * p.stride_w + p.kernel_w <= p.W &&
@@ -370,8 +408,8 @@ bool max_pool2d_forward_narrow_cpu(const Pool2dParams& p, const T* input, T* out
 }
 #endif
 
-template <typename T>
-void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+template <typename T, typename Index>
+void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* output, Index* indices) {
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t planes = p.N * p.C;
   const int64_t kw = p.kernel_w, sw = p.stride_w, pw = p.pad_w;
@@ -392,12 +430,12 @@ void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* outpu
   for (int64_t plane = 0; plane < planes; ++plane) {
     const T* in = input + plane * p.H * p.W;
     T* out = output + plane * OH * OW;
-    int64_t* idx = indices + plane * OH * OW;
+    Index* idx = indices + plane * OH * OW;
     for (int64_t oh = 0; oh < OH; ++oh) {
       int64_t h0, h_end;
       window_taps(oh * p.stride_h - p.pad_h, p.kernel_h, 1, p.H, h0, h_end);
       T* out_row = out + oh * OW;
-      int64_t* idx_row = idx + oh * OW;
+      Index* idx_row = idx + oh * OW;
 #if CONVX_POOL_AVX512
       if constexpr (std::is_same<T, float>::value) {
         if (clipped_blocks) {
@@ -440,8 +478,8 @@ void max_pool2d_forward_rows_cpu(const Pool2dParams& p, const T* input, T* outpu
 
 }  // namespace
 
-template <typename T>
-void max_pool2d_forward_reference_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+template <typename T, typename Index>
+void max_pool2d_forward_reference_cpu(const Pool2dParams& p, const T* input, T* output, Index* indices) {
   const int64_t OH = p.out_h(), OW = p.out_w();
   const int64_t planes = p.N * p.C;
   // Below this many window taps the thread team costs more than it saves.
@@ -450,7 +488,7 @@ void max_pool2d_forward_reference_cpu(const Pool2dParams& p, const T* input, T* 
   for (int64_t plane = 0; plane < planes; ++plane) {
     const T* in = input + plane * p.H * p.W;
     T* out = output + plane * OH * OW;
-    int64_t* idx = indices + plane * OH * OW;
+    Index* idx = indices + plane * OH * OW;
     for (int64_t oh = 0; oh < OH; ++oh) {
       // Window rows h0, h0+d, ... below h_end; skip the taps that land in padding.
       int64_t h0, h_end;
@@ -460,8 +498,8 @@ void max_pool2d_forward_reference_cpu(const Pool2dParams& p, const T* input, T* 
   }
 }
 
-template <typename T>
-void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, int64_t* indices) {
+template <typename T, typename Index>
+void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, Index* indices) {
 #if CONVX_POOL_AVX512
   if (p.dilation_h == 1 && p.dilation_w == 1 && max_pool2d_forward_narrow_cpu(p, input, output, indices)) return;
 #endif
@@ -475,8 +513,8 @@ namespace {
 
 // gin[idx[o]] += gout[o] for o in [o0, out_plane), in order; false at the first
 // index outside [0, in_plane).
-template <typename T>
-bool scatter_add_scalar(const T* gout, const int64_t* idx, int64_t o0, int64_t out_plane, int64_t in_plane, T* gin) {
+template <typename T, typename Index>
+bool scatter_add_scalar(const T* gout, const Index* idx, int64_t o0, int64_t out_plane, int64_t in_plane, T* gin) {
   for (int64_t o = o0; o < out_plane; ++o) {
     const int64_t i = idx[o];
     if (i < 0 || i >= in_plane) return false;
@@ -486,16 +524,23 @@ bool scatter_add_scalar(const T* gout, const int64_t* idx, int64_t o0, int64_t o
 }
 
 #if CONVX_POOL_AVX512
-// 16 indices from idx, narrowed to int32 lanes (the callers' planes have fewer
-// than 2**31 elements); false if any lies outside [0, limit).
-__attribute__((target("avx512f"), always_inline)) inline bool load_indices_avx512(const int64_t* idx, __m512i limit,
+// 16 indices from idx as int32 lanes (int64 ones narrowed: the callers' planes
+// have fewer than 2**31 elements); false if any lies outside [0, in_plane).
+template <typename Index>
+__attribute__((target("avx512f"), always_inline)) inline bool load_indices_avx512(const Index* idx, int64_t in_plane,
                                                                                 __m512i& i32) {
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i lo = _mm512_loadu_si512(idx), hi = _mm512_loadu_si512(idx + 8);
-  const __mmask8 outside = _mm512_cmplt_epi64_mask(lo, zero) | _mm512_cmpge_epi64_mask(lo, limit) |
-                           _mm512_cmplt_epi64_mask(hi, zero) | _mm512_cmpge_epi64_mask(hi, limit);
-  i32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
-  return outside == 0;
+  if constexpr (std::is_same<Index, int32_t>::value) {
+    i32 = _mm512_loadu_si512(idx);
+    // unsigned: a negative index reads as 2**31 or more, past any plane here
+    return _mm512_cmpge_epu32_mask(i32, _mm512_set1_epi32(int32_t(in_plane))) == 0;
+  } else {
+    const __m512i zero = _mm512_setzero_si512(), limit = _mm512_set1_epi64(in_plane);
+    const __m512i lo = _mm512_loadu_si512(idx), hi = _mm512_loadu_si512(idx + 8);
+    const __mmask8 outside = _mm512_cmplt_epi64_mask(lo, zero) | _mm512_cmpge_epi64_mask(lo, limit) |
+                             _mm512_cmplt_epi64_mask(hi, zero) | _mm512_cmpge_epi64_mask(hi, limit);
+    i32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+    return outside == 0;
+  }
 }
 
 // The same scatter 16 outputs at a time: check the indices, gather the current
@@ -507,16 +552,16 @@ __attribute__((target("avx512f"), always_inline)) inline bool load_indices_avx51
 // earlier duplicates is still pending (the lowest pending lane always is, so the
 // rounds end). Handing such vectors to the scalar loop instead cost a third of
 // the 3x3 backward. Needs in_plane < 2**31.
-__attribute__((target("avx512f,avx512cd"))) bool scatter_add_avx512(const float* gout, const int64_t* idx,
+template <typename Index>
+__attribute__((target("avx512f,avx512cd"))) bool scatter_add_avx512(const float* gout, const Index* idx,
                                                                      int64_t out_plane, int64_t in_plane,
                                                                      float* gin) {
-  const __m512i limit = _mm512_set1_epi64(in_plane);
   // lane k -> k - 1 (lane 0 -> 0, never used: lane 0 has no earlier lane)
   const __m512i lane_before = _mm512_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14);
   int64_t o = 0;
   for (; o + 16 <= out_plane; o += 16) {
     __m512i i32;
-    if (!load_indices_avx512(idx + o, limit, i32)) return false;
+    if (!load_indices_avx512(idx + o, in_plane, i32)) return false;
     const __m512i earlier_same = _mm512_conflict_epi32(i32);
     const __m512 g = _mm512_loadu_ps(gout + o);
     const __mmask16 repeats = _mm512_test_epi32_mask(earlier_same, earlier_same);
@@ -561,19 +606,19 @@ __attribute__((target("avx512f,avx512cd"))) bool scatter_add_avx512(const float*
 // if some index is not a tap of its own window: the caller then scatters the
 // plane instead, which also reports indices outside the plane. Needs OW >= 16
 // and in_plane < 2**31.
-__attribute__((target("avx512f"))) bool tiled_2_wide_backward_avx512(const float* gout, const int64_t* idx,
+template <typename Index>
+__attribute__((target("avx512f"))) bool tiled_2_wide_backward_avx512(const float* gout, const Index* idx,
                                                                        int64_t H, int64_t W, int64_t kh, int64_t OH,
                                                                        int64_t OW, float* gin) {
   const __m512i lane2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  const __m512i limit = _mm512_set1_epi64(H * W);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t oh = 0; oh < OH; ++oh) {
     for (int64_t block = 0; block < OW; block += 16) {
       const int64_t ow0 = std::min(block, OW - 16), o = oh * OW + ow0;
       __m512i flat;
-      if (!load_indices_avx512(idx + o, limit, flat)) return false;
+      if (!load_indices_avx512(idx + o, H * W, flat)) return false;
       // each lane's index relative to its window's corner
       const __m512i tap = _mm512_sub_epi32(flat, _mm512_add_epi32(_mm512_set1_epi32(int32_t(oh * kh * W + 2 * ow0)),
                                                                   lane2));
@@ -600,8 +645,8 @@ __attribute__((target("avx512f"))) bool tiled_2_wide_backward_avx512(const float
 
 }  // namespace
 
-template <typename T>
-bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const int64_t* indices,
+template <typename T, typename Index>
+bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const Index* indices,
                              T* grad_input) {
   const int64_t out_plane = p.out_h() * p.out_w();
   const int64_t in_plane = p.H * p.W;
@@ -623,7 +668,7 @@ bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const 
   for (int64_t plane = 0; plane < planes; ++plane) {
     T* gin = grad_input + plane * in_plane;
     const T* gout = grad_output + plane * out_plane;
-    const int64_t* idx = indices + plane * out_plane;
+    const Index* idx = indices + plane * out_plane;
 #if CONVX_POOL_AVX512
     if constexpr (std::is_same<T, float>::value)
       if (tiled_2_wide && tiled_2_wide_backward_avx512(gout, idx, p.H, p.W, p.kernel_h, p.out_h(), p.out_w(), gin))
@@ -646,11 +691,14 @@ bool max_pool2d_backward_cpu(const Pool2dParams& p, const T* grad_output, const 
   return all_valid;
 }
 
-template void max_pool2d_forward_cpu<float>(const Pool2dParams&, const float*, float*, int64_t*);
-template void max_pool2d_forward_reference_cpu<float>(const Pool2dParams&, const float*, float*, int64_t*);
-template void max_pool2d_forward_reference_cpu<double>(const Pool2dParams&, const double*, double*, int64_t*);
-template void max_pool2d_forward_cpu<double>(const Pool2dParams&, const double*, double*, int64_t*);
-template bool max_pool2d_backward_cpu<float>(const Pool2dParams&, const float*, const int64_t*, float*);
-template bool max_pool2d_backward_cpu<double>(const Pool2dParams&, const double*, const int64_t*, double*);
+#define CONVX_POOL_INSTANTIATE(T, Index)                                                                  \
+  template void max_pool2d_forward_cpu<T, Index>(const Pool2dParams&, const T*, T*, Index*);                \
+  template void max_pool2d_forward_reference_cpu<T, Index>(const Pool2dParams&, const T*, T*, Index*);      \
+  template bool max_pool2d_backward_cpu<T, Index>(const Pool2dParams&, const T*, const Index*, T*);
+CONVX_POOL_INSTANTIATE(float, int64_t)
+CONVX_POOL_INSTANTIATE(double, int64_t)
+CONVX_POOL_INSTANTIATE(float, int32_t)
+CONVX_POOL_INSTANTIATE(double, int32_t)
+#undef CONVX_POOL_INSTANTIATE
 
 }  // namespace convx

@@ -162,10 +162,11 @@ def conv2d_backward_bias(p, gy: np.ndarray) -> np.ndarray:
     return gb
 
 
-def max_pool2d_forward(p, x: np.ndarray):
+def max_pool2d_forward(p, x: np.ndarray, index_dtype=np.int64):
+    """(output, indices); index_dtype np.int32 needs H*W < 2**31."""
     shape = (p.N, p.C, p.out_h(), p.out_w())
     y = np.empty(shape, dtype=x.dtype)
-    indices = np.empty(shape, dtype=np.int64)
+    indices = np.empty(shape, dtype=index_dtype)
     _C.max_pool2d_forward(p, x, y, indices)
     return y, indices
 

@@ -26,6 +26,7 @@ return device tensors) instead; the graph above is the same on both devices.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import _cuda_kernels, _kernels
@@ -65,10 +66,14 @@ def _conv2d_backward_bias(grad_output, params):
     return torch.from_numpy(_kernels.conv2d_backward_bias(params, _np(grad_output)))
 
 
-def _max_pool2d_forward(input, params):
+def _max_pool2d_forward(input, params, keep_indices_only=False):
+    # Indices kept only for the backward (the caller does not return them) are
+    # int32 where the plane allows: the forward writes and the backward reads
+    # half the bytes, and both are bound by memory traffic, not arithmetic.
     if input.is_cuda:
         return _cuda_kernels.max_pool2d_forward(params, input)
-    out, indices = _kernels.max_pool2d_forward(params, _np(input))
+    narrow = keep_indices_only and params.H * params.W < 2**31
+    out, indices = _kernels.max_pool2d_forward(params, _np(input), np.int32 if narrow else np.int64)
     return torch.from_numpy(out), torch.from_numpy(indices)
 
 
@@ -173,8 +178,8 @@ class Conv2dBackwardBiasFunction(torch.autograd.Function):
 
 class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, params):
-        out, indices = _max_pool2d_forward(input, params)
+    def forward(ctx, input, params, keep_indices_only):
+        out, indices = _max_pool2d_forward(input, params, keep_indices_only)
         ctx.save_for_backward(indices)
         ctx.params = params
         ctx.mark_non_differentiable(indices)
@@ -186,9 +191,9 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
         if grad_output is None:  # only the indices were used downstream
-            return None, None
+            return None, None, None
         (indices,) = ctx.saved_tensors
-        return max_pool2d_backward(grad_output.contiguous(), indices, ctx.params), None
+        return max_pool2d_backward(grad_output.contiguous(), indices, ctx.params), None, None
 
 
 class MaxPool2dBackwardFunction(torch.autograd.Function):
@@ -202,7 +207,7 @@ class MaxPool2dBackwardFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_grad_input):
         (indices,) = ctx.saved_tensors
-        gathered = grad_grad_input.flatten(2).gather(2, indices.flatten(2))
+        gathered = grad_grad_input.flatten(2).gather(2, indices.flatten(2).long())  # gather takes int64 only
         return gathered.view(indices.shape), None, None
 
 
@@ -274,11 +279,12 @@ def conv2d_backward_bias(grad_output, params):
     return _conv2d_backward_bias(grad_output, params)
 
 
-def max_pool2d(input, params):
-    """(output, indices)."""
+def max_pool2d(input, params, keep_indices_only=False):
+    """(output, indices): int64 indices, as torch's, unless keep_indices_only (the
+    caller keeps them only for the backward: then int32 where the plane allows)."""
     if _records(input):
-        return MaxPool2dFunction.apply(input, params)
-    return _max_pool2d_forward(input, params)
+        return MaxPool2dFunction.apply(input, params, keep_indices_only)
+    return _max_pool2d_forward(input, params, keep_indices_only)
 
 
 def max_pool2d_backward(grad_output, indices, params):

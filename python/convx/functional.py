@@ -212,7 +212,7 @@ def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, pa
         p = _validated_params.get(key)
         if p is not None:
             from . import autograd
-            out, indices = autograd.max_pool2d(input, p)
+            out, indices = autograd.max_pool2d(input, p, keep_indices_only=not return_indices)
             return (out, indices) if return_indices else out
 
     kind = _check_arrays({"input": input})
@@ -238,7 +238,7 @@ def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, pa
     _remember_params(key, p)
     from . import autograd
     x = (input if batched else input.unsqueeze(0)).contiguous()
-    out, indices = autograd.max_pool2d(x, p)
+    out, indices = autograd.max_pool2d(x, p, keep_indices_only=not return_indices)
     if not batched:
         out, indices = out.squeeze(0), indices.squeeze(0)
     elif is_channels_last(input):
