@@ -46,6 +46,7 @@
 
 #include "convx/conv2d.h"
 #include "convx/cpu_info.h"
+#include "convx/not_finite.h"
 #include "convx/gemm.h"
 #include "convx/simd.h"
 #include "convx/workspace.h"
@@ -100,23 +101,6 @@ std::vector<int64_t> row_shifts(const Conv2dParams& p, const ShiftedGeometry& g,
                                          (r * p.dilation_h / g.sh) * g.Wq + (s * p.dilation_w) / g.sw;
       }
   return shift;
-}
-
-// 1 if v is inf or NaN (its exponent bits all ones), else 0. An integer test, so
-// that OR-ed over a row it vectorizes; a float sum of v - v, the obvious probe,
-// is a serial chain of adds, 3 cycles per element (a tenth of a 3x3 weight
-// gradient's time went to copying the planes).
-template <typename T>
-inline unsigned not_finite(T v) {
-  if constexpr (sizeof(T) == 4) {
-    uint32_t bits;
-    std::memcpy(&bits, &v, sizeof bits);
-    return (bits & 0x7f800000u) == 0x7f800000u;
-  } else {
-    uint64_t bits;
-    std::memcpy(&bits, &v, sizeof bits);
-    return (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-  }
 }
 
 // One row of a phase plane: row[x] = src_row[x * SW + off] where that pixel lies in
