@@ -56,7 +56,8 @@ def _fake_conv(monkeypatch, fake, fake_clock=True):
 
 
 def test_benchmark_mode_picks_the_fastest_candidate_and_caches_it(monkeypatch):
-    fake = _FakeKernels({"im2col": 3.0, "shifted": 2.5, "winograd_2x2": 1.0, "winograd_4x4": 1.5, "direct": 2.0})
+    fake = _FakeKernels({"im2col": 3.0, "shifted": 2.5, "winograd_2x2": 1.0, "winograd_4x4": 1.5, "depthwise": 2.2,
+                         "direct": 2.0})
     p, x, w = _fake_conv(monkeypatch, fake)
     convx.set_benchmark(True)
     with convx.record_algos() as log:
@@ -65,13 +66,14 @@ def test_benchmark_mode_picks_the_fastest_candidate_and_caches_it(monkeypatch):
         _kernels.conv2d_forward(p, x, w, None, "auto")
     assert log == ["conv2d_forward:winograd_2x2"] * 2
     # each candidate timed
-    assert sorted(set(timed[:-1])) == ["direct", "im2col", "shifted", "winograd_2x2", "winograd_4x4"]
+    assert sorted(set(timed[:-1])) == ["depthwise", "direct", "im2col", "shifted", "winograd_2x2", "winograd_4x4"]
     assert fake.calls[len(timed):] == ["winograd_2x2"]  # the second call only runs the winner
     assert list(convx.benchmark_cache().values()) == ["winograd_2x2"]
 
 
 def test_benchmark_mode_skips_candidates_that_do_not_apply(monkeypatch):
-    fake = _FakeKernels({"im2col": 3.0, "direct": 2.0}, refuse=("winograd_2x2", "winograd_4x4", "shifted"))
+    fake = _FakeKernels({"im2col": 3.0, "direct": 2.0},
+                        refuse=("winograd_2x2", "winograd_4x4", "shifted", "depthwise"))
     p, x, w = _fake_conv(monkeypatch, fake)
     convx.set_benchmark(True)
     _kernels.conv2d_forward(p, x, w, None, "auto")
@@ -79,8 +81,8 @@ def test_benchmark_mode_skips_candidates_that_do_not_apply(monkeypatch):
 
 
 def test_benchmark_mode_leaves_out_winograd_4x4_when_it_is_not_allowed(monkeypatch):
-    fake = _FakeKernels({"im2col": 3.0, "shifted": 2.5, "winograd_2x2": 1.0, "winograd_4x4": 0.5, "direct": 2.0},
-                        allow_winograd_4x4=False)
+    fake = _FakeKernels({"im2col": 3.0, "shifted": 2.5, "winograd_2x2": 1.0, "winograd_4x4": 0.5, "depthwise": 2.2,
+                         "direct": 2.0}, allow_winograd_4x4=False)
     p, x, w = _fake_conv(monkeypatch, fake)
     convx.set_benchmark(True)
     _kernels.conv2d_forward(p, x, w, None, "auto")

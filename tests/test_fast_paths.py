@@ -641,7 +641,7 @@ def _three_directions(p, algo, x, w, b, gy):
         try:
             ran = run(out)
         except ValueError as e:
-            assert "algo='shifted' needs" in str(e)
+            assert f"algo='{algo}' needs" in str(e)
             results.append(None)
             continue
         assert ran == algo
@@ -1038,3 +1038,117 @@ def test_shifted_weight_gradient_falls_back_on_non_finite_input(value):
     _C.conv2d_backward_weight(p, gy, x, want, "direct")
     np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
     assert np.isfinite(got[:, :, :, :2]).all() and not np.isfinite(got[:, 2, :, 2]).all()
+
+
+# ---- depthwise: each plane a sum of shifted copies of itself ---------------------------
+
+def _depthwise_params(N, C, m, H, W, R, S, stride, pads, dilation):
+    return _conv_params(N, C, H, W, C * m, pads, R=R, S=S, stride=stride, dilation=dilation, groups=C)
+
+
+def _depthwise_operands(p, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p.N, p.C, p.H, p.W)).astype(dtype)
+    w = rng.standard_normal((p.K, 1, p.R, p.S)).astype(dtype)
+    b = rng.standard_normal(p.K).astype(dtype)
+    gy = rng.standard_normal((p.N, p.K, p.out_h(), p.out_w())).astype(dtype)
+    return x, w, b, gy
+
+
+@settings(max_examples=150, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 5), m=st.integers(1, 4), H=st.integers(1, 19), W=st.integers(1, 37),
+       R=st.integers(1, 5), S=st.integers(1, 5), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       pads=st.tuples(*[st.integers(0, 4)] * 4), dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       seed=st.integers(0, 2**16))
+def test_depthwise_matches_direct(N, C, m, H, W, R, S, stride, pads, dilation, seed):
+    # Every stride (its phase planes), dilation, asymmetric padding and number of
+    # filters per channel, in float64 so that any index slip shows; planes from
+    # 1x1 to wider than a block of outputs (64 floats).
+    try:
+        p = _depthwise_params(N, C, m, H, W, R, S, stride, pads, dilation)
+    except ValueError:
+        return  # the kernel does not fit in the padded image
+    x, w, b, gy = _depthwise_operands(p, np.float64, seed)
+    want = _three_directions(p, "direct", x, w, b, gy)
+    got = _three_directions(p, "depthwise", x, w, b, gy)
+    for g, ref in zip(got, want):
+        if g is not None:
+            np.testing.assert_allclose(g, ref, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(ref).max()))
+    # where its planes would be mostly padding, or unread, it refuses all three
+    assert (got[0] is None) == (got[1] is None) == (got[2] is None) == (not conv2d_depthwise_planes_apply(p))
+
+
+@pytest.mark.parametrize("N,C,m,H,W,R,stride,pad", [
+    (2, 8, 1, 56, 56, 3, 1, 1),    # MobileNet's 3x3: 56 columns, 3.5 vectors a row
+    (2, 4, 1, 28, 28, 3, 2, 1),    # its stride-2 layers: four phase planes
+    (1, 3, 2, 30, 17, 5, 1, 2),    # 5x5, two filters per channel
+    (3, 2, 1, 112, 9, 7, 2, 3),    # planes taller than wide
+])
+def test_depthwise_float32_close_to_float64_reference(N, C, m, H, W, R, stride, pad):
+    p = _depthwise_params(N, C, m, H, W, R, R, stride, (pad,) * 4, (1, 1))
+    x, w, b, gy = _depthwise_operands(p, np.float64, 3)
+    want = _three_directions(p, "direct", x, w, b, gy)
+    got = _three_directions(p, "depthwise", *(a.astype(np.float32) for a in (x, w, b, gy)))
+    for g, ref in zip(got, want):
+        assert _rel_err(g, ref) <= 1e-5
+
+
+def conv2d_depthwise_planes_apply(p):
+    # the shifted form's condition on its padded planes (planes_are_sensible)
+    padded = (p.H + p.pad_top + p.pad_bottom) * (p.W + p.pad_left + p.pad_right)
+    return (padded <= 4 * p.H * p.W + 4096 and p.stride_h <= (p.R - 1) * p.dilation_h + 1
+            and p.stride_w <= (p.S - 1) * p.dilation_w + 1)
+
+
+def test_depthwise_refuses_planes_of_padding():
+    # 2**40 of padding around a 2x2 image: planes of padding alone, never built
+    p = _depthwise_params(1, 3, 1, 2, 2, 1, 1, 2**40, (2**40,) * 4, (1, 1))
+    x, w, b, gy = _depthwise_operands(p, np.float32, 0)
+    with pytest.raises(ValueError, match=r"algo='depthwise' needs padding .* got input 2x2, kernel 1x1"):
+        _C.conv2d_forward(p, x, w, b, np.empty_like(gy), "depthwise")
+    assert _C.conv2d_choose_algo(p, "forward") != "depthwise"
+
+
+def test_depthwise_refuses_layers_with_several_channels_per_group():
+    p = _conv_params(1, 4, 6, 6, 4, (1, 1, 1, 1), groups=2)
+    x, w, gy = np.zeros((1, 4, 6, 6)), np.zeros((4, 2, 3, 3)), np.zeros((1, 4, 6, 6))
+    message = r"algo='depthwise' needs one input channel per group \(groups == in_channels\), got 4 input " \
+              r"channels in 2 group\(s\)"
+    for call in (lambda: _C.conv2d_forward(p, x, w, None, np.empty_like(gy), "depthwise"),
+                 lambda: _C.conv2d_backward_data(p, gy, w, np.empty_like(x), "depthwise"),
+                 lambda: _C.conv2d_backward_weight(p, gy, x, np.empty_like(w), "depthwise")):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_depthwise_hands_non_finite_operands_to_im2col(value):
+    # Backward-data multiplies every weight by the zeros around dY, and the
+    # weight gradient every pixel by the zeros of dY's dropped columns: with a
+    # weight (or pixel) that is not finite, those products would be NaN where
+    # the true gradient has none, so those passes give way to im2col. The
+    # forward's extra products are those of the padding, as im2col's.
+    p = _depthwise_params(2, 3, 1, 9, 10, 3, 3, 1, (1, 1, 1, 1), (1, 1))
+    x, w, b, gy = _depthwise_operands(p, np.float64, 5)
+    w[1, 0, 0, 2], x[0, 2, 4, 4] = value, value
+    for run, shape in ((lambda out, a: _C.conv2d_backward_data(p, gy, w, out, a), x.shape),
+                       (lambda out, a: _C.conv2d_backward_weight(p, gy, x, out, a), w.shape)):
+        got, want = np.empty(shape), np.empty(shape)
+        assert run(got, "depthwise") == "im2col"
+        run(want, "im2col")
+        np.testing.assert_array_equal(got, want)
+    x[0, 2, 4, 4] = 1.0  # finite again: the weight gradient keeps its own form
+    assert _C.conv2d_backward_weight(p, gy, x, np.empty(w.shape), "depthwise") == "depthwise"
+
+
+@pytest.mark.parametrize("C,K,groups,H,directions", [
+    (128, 128, 128, 56, ("forward", "backward_data", "backward_weight")),  # MobileNet's depthwise 3x3
+    (16, 64, 16, 56, ("forward", "backward_data", "backward_weight")),     # four filters per channel
+    (16, 128, 16, 56, ("forward", "backward_data")),                       # eight: not the weight gradient
+    (1, 20, 1, 28, ()),                                                    # LeNet's first layer: 20 filters
+    (4, 4, 2, 12, ()),                                                     # two channels per group
+])
+def test_dispatcher_takes_depthwise_for_one_channel_per_group(C, K, groups, H, directions):
+    p = _conv_params(8, C, H, H, K, (1, 1, 1, 1), groups=groups)
+    for direction in ("forward", "backward_data", "backward_weight"):
+        assert (_C.conv2d_choose_algo(p, direction) == "depthwise") == (direction in directions), direction

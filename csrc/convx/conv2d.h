@@ -8,7 +8,7 @@
 
 namespace convx {
 
-enum class Conv2dAlgo { Auto, Direct, Im2col, Winograd4x4, Winograd2x2, Shifted };
+enum class Conv2dAlgo { Auto, Direct, Im2col, Winograd4x4, Winograd2x2, Shifted, Depthwise };
 
 Conv2dAlgo conv2d_algo_from_name(const std::string& name);  // throws on unknown names
 const char* conv2d_algo_name(Conv2dAlgo algo);
@@ -125,4 +125,23 @@ bool conv2d_backward_data_shifted_cpu(const Conv2dParams& p, const T* grad_outpu
 template <typename T>
 bool conv2d_backward_weight_shifted_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
                                         T* grad_weight);
+
+// ---- depthwise: one input channel per group (groups == C), any number of filters
+// per group, dilation, and the strides and padding that the shifted form takes;
+// each (image, channel) plane a sum of shifted copies of itself (see
+// conv2d_depthwise_cpu.cpp) ------------------------------------------------------
+bool conv2d_depthwise_applies(const Conv2dParams& p);
+template <typename T>
+void conv2d_forward_depthwise_cpu(const Conv2dParams& p, const T* input, const T* weight, const T* bias,
+                                  T* output);
+// Returns false, having written nothing meaningful, when a weight is not finite
+// (this form multiplies the weights by zeros the true sums never form); the caller
+// then uses im2col.
+template <typename T>
+bool conv2d_backward_data_depthwise_cpu(const Conv2dParams& p, const T* grad_output, const T* weight,
+                                        T* grad_input);
+// Returns false likewise when a pixel of the input is not finite.
+template <typename T>
+bool conv2d_backward_weight_depthwise_cpu(const Conv2dParams& p, const T* grad_output, const T* input,
+                                          T* grad_weight);
 }  // namespace convx

@@ -173,8 +173,8 @@ template <typename Index>
 __attribute__((target("avx512f"), always_inline)) inline void store_window_indices_avx512(
     Index* idx, int64_t corner, const LaneOffsets& lane, __m512i tap, __mmask16 lanes) {
   if constexpr (std::is_same<Index, int32_t>::value) {
-    store_flat_indices_avx512(idx, _mm512_add_epi32(_mm512_add_epi32(_mm512_set1_epi32(int32_t(corner)), lane.i32), tap),
-                              lanes);
+    const __m512i flat = _mm512_add_epi32(_mm512_add_epi32(_mm512_set1_epi32(int32_t(corner)), lane.i32), tap);
+    store_flat_indices_avx512(idx, flat, lanes);
   } else {
     const __m512i base = _mm512_set1_epi64(corner);
     const __m512i lo =

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _C
 
-CONV2D_ALGOS = ("auto", "direct", "im2col", "winograd_4x4", "winograd_2x2", "shifted")
+CONV2D_ALGOS = ("auto", "direct", "im2col", "winograd_4x4", "winograd_2x2", "shifted", "depthwise")
 
 _algo_log: contextvars.ContextVar[Optional[List[str]]] = contextvars.ContextVar("convx_algo_log", default=None)
 
@@ -50,7 +50,7 @@ def _note(op: str, algo: str) -> None:
 # it is faster, and its float32 error is within a few times a GEMM's. The direct
 # reference is a candidate only for small layers (it is a plain loop nest).
 
-_BENCHMARK_CANDIDATES = ("im2col", "shifted", "winograd_2x2", "winograd_4x4", "direct")
+_BENCHMARK_CANDIDATES = ("im2col", "shifted", "winograd_2x2", "winograd_4x4", "depthwise", "direct")
 _DIRECT_CANDIDATE_MAX_FLOPS = 2e7
 
 _benchmark_lock = threading.Lock()

@@ -128,8 +128,9 @@ def conv2d(input, weight, bias=None, stride: IntPair = 1, padding: Union[str, In
     input (N, C, H, W) or (C, H, W); weight (K, C/groups, R, S); bias (K,) or None.
     ``algo`` forces a kernel: 'direct' (the readable reference), 'im2col'
     (im2col + GEMM), 'shifted' (the same GEMM reading shifted views of a padded
-    copy of the image, no im2col), 'winograd_2x2' (3x3 or 5x5 stride-1 layers) or
-    'winograd_4x4' (3x3 stride-1 layers); None or 'auto' lets the dispatcher choose.
+    copy of the image, no im2col), 'winograd_2x2' (3x3 or 5x5 stride-1 layers),
+    'winograd_4x4' (3x3 stride-1 layers) or 'depthwise' (groups == in_channels);
+    None or 'auto' lets the dispatcher choose.
     For CUDA tensors the choices are 'direct' (the GPU reference) and 'implicit_gemm'.
     """
     key = _repeat_conv2d_key(input, weight, bias, stride, padding, dilation, groups, algo)
