@@ -442,6 +442,17 @@ def test_dispatcher_takes_the_scatter_backward_data_where_an_image_fits_the_cach
     assert backward_data(8, 3, 32, 65, 3, 1, 1) == "im2col"     # 65 filters: the scatter's GEMM too wide
 
 
+@pytest.mark.parametrize("C,K,H,R,stride,algo", [
+    (64, 128, 56, 3, 2, "im2col"),   # ResNet's 3x3 stride-2 downsampling
+    (256, 512, 14, 3, 2, "im2col"),
+    (32, 64, 56, 5, 2, "shifted"),   # 5x5 at stride 2 keeps the pixel-major GEMM
+    (48, 64, 19, 5, 1, "shifted"),   # and so does stride 1
+])
+def test_dispatcher_leaves_strided_3x3_backward_data_to_im2col(C, K, H, R, stride, algo):
+    p = _conv_params(8, C, H, H, K, (R // 2,) * 4, R=R, S=R, stride=stride)
+    assert _C.conv2d_choose_algo(p, "backward_data") == algo
+
+
 def test_dispatcher_takes_winograd_4x4_from_16_tiles_on_wide_layers():
     def algos(N, C, H, K):
         p = _conv_params(N, C, H, H, K, (1,) * 4)

@@ -225,11 +225,23 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
     return Conv2dAlgo::Im2col;
   switch (direction) {
     case Conv2dDirection::Forward: return Conv2dAlgo::Shifted;
-    case Conv2dDirection::BackwardData:
-      return conv2d_shifted_backward_data_flips(p) || conv2d_shifted_backward_data_pixel_major(p) ||
+    case Conv2dDirection::BackwardData: {
+      // Strided layers of at most 9 taps (ResNet's 3x3 stride-2 downsampling)
+      // leave the pixel-major GEMM to im2col: each input pixel there gathers
+      // from 2.25 taps on average, and col2im's scatter of the GEMM's columns
+      // costs less than the pixel-major GEMM's short rows. Ms on one core at
+      // stride 2, pixel-major / im2col (torch): 64 -> 128 on 56x56 batch 8
+      // 17.1 / 11.8 (13.8), 128 -> 256 on 28x28 16.9 / 11.8 (11.9), 256 -> 512
+      // on 14x14 15.5 / 9.3 (9.1), 64 -> 64 on 112x112 batch 4 26.2 / 17.5
+      // (27.9), 64 -> 128 on 56x56 batch 1 1.79 / 1.17 (1.56); a 5x5 layer
+      // keeps it: 32 -> 64 on 56x56 12.1 / 14.0 (10.9).
+      const bool pixel_major = conv2d_shifted_backward_data_pixel_major(p) &&
+                               !(p.stride_h * p.stride_w > 1 && p.R * p.S <= 9);
+      return conv2d_shifted_backward_data_flips(p) || pixel_major ||
                      (p.filters_per_group() <= 64 && conv2d_shifted_backward_data_scatter_fits(p))
                  ? Conv2dAlgo::Shifted
                  : Conv2dAlgo::Im2col;
+    }
     case Conv2dDirection::BackwardWeight: return Conv2dAlgo::Shifted;
   }
   return Conv2dAlgo::Im2col;
