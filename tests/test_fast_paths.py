@@ -1163,3 +1163,21 @@ def test_dispatcher_takes_depthwise_for_one_channel_per_group(C, K, groups, H, d
     p = _conv_params(8, C, H, H, K, (1, 1, 1, 1), groups=groups)
     for direction in ("forward", "backward_data", "backward_weight"):
         assert (_C.conv2d_choose_algo(p, direction) == "depthwise") == (direction in directions), direction
+
+
+@pytest.mark.parametrize("N,C,H,K", [
+    (3, 40, 5, 30),    # 1200 entries on 5x5 images: the packed GEMM, image by image in place
+    (2, 8, 6, 16),     # 128 entries: dot products over blocks of whole images
+    (2, 64, 56, 12),   # images larger than a column block
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_weight_gradient_matches_direct(N, C, H, K, dtype):
+    p = _conv_params(N, C, H, H, K, (0, 0, 0, 0), R=1, S=1)
+    rng = np.random.default_rng(C * K)
+    x, gy = rng.standard_normal((N, C, H, H)), rng.standard_normal((N, K, H, H))
+    want = np.empty((K, C, 1, 1))
+    _C.conv2d_backward_weight(p, gy, x, want, "direct")
+    got = np.empty((K, C, 1, 1), dtype)
+    assert _C.conv2d_backward_weight(p, gy.astype(dtype), x.astype(dtype), got, "im2col") == "im2col"
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

@@ -640,12 +640,17 @@ void conv2d_backward_weight_im2col_cpu(const Conv2dParams& p, const T* grad_outp
     else
       gemm_cpu<T>(false, true, Kg, CRS, count, gy, ld_gy, cols, ld_cols, beta, dst, CRS);
   };
-  // A 1x1 layer's columns are the image itself: with images as large as a block,
-  // dW (+)= dY_n X_n^T reads them in place, image after image, with no column
-  // buffer (the copy was 2 MB of workspace on 256 channels at 56x56). Small
-  // images stay batched into blocks below, where one long reduction beats a
-  // short product per image.
-  if (is_pointwise(p) && !blocks.whole_images) {
+  // A 1x1 layer's columns are the image itself: dW (+)= dY_n X_n^T reads them in
+  // place, image after image, with no column buffer (the copy was 2 MB of
+  // workspace on 256 channels at 56x56). Only small products of small images
+  // (the dot products, at most kDotProductMaxOutputs entries) stay batched into
+  // blocks below, where one long reduction beats a short product per image; a
+  // packed GEMM gains nothing from the blocks' copies. Ms on one core, batch 8,
+  // blocked / in place (torch): 64 -> 256 on 56x56 10.5 / 7.7 (6.1-6.5), 128 ->
+  // 512 on 28x28 8.0 / 6.2 (5.3-5.6), 256 -> 1024 on 14x14 7.0 / 5.7 (5.4-5.8),
+  // 512 -> 2048 on 7x7 6.8 / 6.4 (6.8-7.3); 64 -> 128 on 16x16 at batch 32 2.7 /
+  // 1.3 (1.5-2.6).
+  if (is_pointwise(p) && (!blocks.whole_images || Kg * CRS > kDotProductMaxOutputs)) {
     for (int64_t g = 0; g < p.groups; ++g)
       for (int64_t n = 0; n < p.N; ++n)
         add_product(grad_output + gy_slice(g)(n), L, image(n, g), L, L, n == 0 ? T(0) : T(1),
