@@ -418,9 +418,12 @@ def test_dispatcher_takes_winograd_5x5_for_wide_layers():
         p = _conv_params(N, C, H, H, K, (pad,) * 4, R=5, S=5)
         return [_C.conv2d_choose_algo(p, d) for d in ("forward", "backward_data", "backward_weight")]
 
-    # AlphaGo's input layer: the backward-data would transform 192 channels for 48 outputs
-    assert algos(1, 48, 19, 192, 2) == ["winograd_2x2", "shifted", "winograd_2x2"]
+    # AlphaGo's input layer: at batch 16 the backward-data would transform 192
+    # channels of 1600 tiles for 48 outputs; at batch 1 (100 tiles) it pays
+    assert algos(1, 48, 19, 192, 2) == ["winograd_2x2"] * 3
     assert algos(16, 48, 19, 192, 2) == ["winograd_2x2", "shifted", "winograd_2x2"]
+    assert algos(2, 64, 14, 128, 2)[1] == "winograd_2x2"  # 98 tiles
+    assert algos(4, 64, 14, 128, 2)[1] == "shifted"       # 196 tiles
     assert algos(8, 32, 28, 64, 2) == ["winograd_2x2", "shifted", "shifted"]  # 2048 pairs: the forward only
     assert algos(4, 96, 28, 96, 2) == ["winograd_2x2"] * 3
     assert algos(2, 32, 19, 32, 2) == ["shifted"] * 3  # 1024 pairs

@@ -180,16 +180,25 @@ Conv2dAlgo conv2d_choose_algo(const Conv2dParams& p, Conv2dDirection direction) 
   //   20 -> 50 on 12x12 at batch 64    2.80 / 2.25    10.6 / 3.0      3.6 / 2.7
   // The forward wins from 32 input channels and 2048 channel pairs, with at
   // least as many filters as inputs. The backward-data transforms the K side's
-  // channels, so it wins only where they are no more than the inputs. The weight
-  // gradient transforms both sides per tile and wins from 8192 pairs. All need
-  // 32 tiles or more (the smallest above has 49). The workspace grows with them:
-  // AlphaGo's input layer at batch 1 takes 5.3 MB, against 0.4-1.0 MB with the
-  // shifted GEMM and 1.3-2.1 MB in torch (where it runs 0.85-1.06x torch
-  // with the shifted GEMM, the suite's slowest rows).
+  // channels, so on large batches it wins only where they are no more than the
+  // inputs; on small ones, up to 128 tiles, it wins with more filters too. Timed
+  // again after the transforms ran a vector of tiles at a time, F(2x2, 5x5) /
+  // shifted, backward-data (torch):
+  //   48 -> 192 on 19x19 at batch 1 (100 tiles)   1.21-1.25 / 1.32-1.33 (1.16-1.19)
+  //                      at batch 2 (200)          2.42-2.73 / 2.66-2.69
+  //                      at batch 4 (400)          7.1-7.3 / 6.6-6.7
+  //   64 -> 128 on 14x14 at batch 1 (49)           0.80-0.82 / 0.93-0.96
+  //                      at batch 2 (98)           1.36-1.38 / 1.76
+  // The weight gradient transforms both sides per tile and wins from 8192 pairs.
+  // All need 32 tiles or more (the smallest above has 49). The workspace grows
+  // with them: AlphaGo's input layer at batch 1 takes about 5 MB in each
+  // direction, against 0.4-1.0 MB with the shifted GEMM and 1.3-2.1 MB in torch
+  // (where it ran 0.85-0.97x torch with the shifted GEMM, the suite's slowest
+  // rows).
   if (p.R == 5 && conv2d_winograd_applies(p, 2) && p.C >= 32 && tiles2 >= 32) {
     const int64_t pairs = p.C * p.K;
     const bool wins = direction == Conv2dDirection::Forward        ? p.K >= p.C && pairs >= 2048
-                      : direction == Conv2dDirection::BackwardData ? p.K <= p.C && pairs >= 8192
+                      : direction == Conv2dDirection::BackwardData ? (p.K <= p.C || tiles2 <= 128) && pairs >= 8192
                                                                    : pairs >= 8192;
     if (wins) return Conv2dAlgo::Winograd2x2;
   }
