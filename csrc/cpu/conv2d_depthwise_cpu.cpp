@@ -72,7 +72,7 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 struct DepthwiseGeometry {
   int64_t sh, sw, phases;  // phases = sh * sw planes per channel
   int64_t Hq, Wq;          // one phase plane
-  int64_t plane;           // Hq * Wq rounded up to a block: planes lie back to back
+  int64_t plane;           // Hq * Wq rounded up to 64 (a block of floats, two of doubles): planes lie back to back
   int64_t OH, OW;
   int64_t wide;    // OH * Wq wide columns
   int64_t margin;  // the largest shift: zeros before and after a wide dY plane

@@ -142,8 +142,20 @@ __attribute__((target("avx512f"), always_inline)) inline LaneOffsets lane_offset
   return lane;
 }
 
-// Flat indices held as int32 lanes, stored to the lanes `lanes` of idx (all 16:
+// 16 int64 indices, as two halves of 8, to the lanes `lanes` of idx (all 16:
 // plain stores, which cost less than masked ones here).
+__attribute__((target("avx512f"), always_inline)) inline void store_int64_halves_avx512(int64_t* idx, __m512i lo,
+                                                                                      __m512i hi, __mmask16 lanes) {
+  if (lanes == 0xFFFF) {
+    _mm512_storeu_si512(idx, lo);
+    _mm512_storeu_si512(idx + 8, hi);
+  } else {
+    _mm512_mask_storeu_epi64(idx, __mmask8(lanes), lo);
+    _mm512_mask_storeu_epi64(idx + 8, __mmask8(lanes >> 8), hi);
+  }
+}
+
+// Flat indices held as int32 lanes, stored to the lanes `lanes` of idx.
 template <typename Index>
 __attribute__((target("avx512f"), always_inline)) inline void store_flat_indices_avx512(Index* idx, __m512i flat,
                                                                                       __mmask16 lanes) {
@@ -153,15 +165,8 @@ __attribute__((target("avx512f"), always_inline)) inline void store_flat_indices
     else
       _mm512_mask_storeu_epi32(idx, lanes, flat);
   } else {
-    const __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat));
-    const __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(flat, 1));
-    if (lanes == 0xFFFF) {
-      _mm512_storeu_si512(idx, lo);
-      _mm512_storeu_si512(idx + 8, hi);
-    } else {
-      _mm512_mask_storeu_epi64(idx, __mmask8(lanes), lo);
-      _mm512_mask_storeu_epi64(idx + 8, __mmask8(lanes >> 8), hi);
-    }
+    store_int64_halves_avx512(idx, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat)),
+                              _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(flat, 1)), lanes);
   }
 }
 
@@ -181,13 +186,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_window_indic
         _mm512_add_epi64(_mm512_add_epi64(base, lane.lo), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tap)));
     const __m512i hi =
         _mm512_add_epi64(_mm512_add_epi64(base, lane.hi), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(tap, 1)));
-    if (lanes == 0xFFFF) {
-      _mm512_storeu_si512(idx, lo);
-      _mm512_storeu_si512(idx + 8, hi);
-    } else {
-      _mm512_mask_storeu_epi64(idx, __mmask8(lanes), lo);
-      _mm512_mask_storeu_epi64(idx + 8, __mmask8(lanes >> 8), hi);
-    }
+    store_int64_halves_avx512(idx, lo, hi, lanes);
   }
 }
 
