@@ -5,11 +5,12 @@
 namespace convx {
 
 // output[n,c,oh,ow] = max of the window, indices[...] = its flat h*W + w offset in
-// the (n, c) plane. Index is int64_t (torch's indices) or int32_t, which halves
-// the indices' share of the memory traffic of both passes (both are bound by
-// it); int32_t needs planes of fewer than 2**31 elements: the caller checks that. Semantics are torch's: a NaN always wins (so the last NaN in
+// the (n, c) plane. Semantics are torch's: a NaN always wins (so the last NaN in
 // scan order is kept), ties keep the first maximum, and a window of -inf returns
 // -inf with the index of its first element inside the input.
+// Index is int64_t (torch's indices) or int32_t, which halves the indices' share
+// of the memory traffic of both passes (both are bound by it); int32_t needs
+// planes of fewer than 2**31 elements: the caller checks that.
 // Dispatches to a row-vectorized kernel for undilated windows, else to the reference.
 template <typename T, typename Index>
 void max_pool2d_forward_cpu(const Pool2dParams& p, const T* input, T* output, Index* indices);

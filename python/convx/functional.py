@@ -244,7 +244,8 @@ def max_pool2d(input, kernel_size: IntPair, stride: Optional[IntPair] = None, pa
         out, indices = out.squeeze(0), indices.squeeze(0)
     elif is_channels_last(input):
         out = out.contiguous(memory_format=torch.channels_last)
-        indices = indices.contiguous(memory_format=torch.channels_last)
+        if return_indices:  # else they are the backward's, which reads them as NCHW
+            indices = indices.contiguous(memory_format=torch.channels_last)
     return (out, indices) if return_indices else out
 
 
